@@ -1,0 +1,1 @@
+from threestudio.data import random_camera, random_multiview_camera  # noqa: F401

@@ -1,0 +1,151 @@
+"""The Lightning system base: config, per-step hooks, weighted losses, checkpoints without frozen priors."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from threestudio.systems.optim import parse_optimizer, parse_scheduler
+from threestudio.utils.base import Updateable
+from threestudio.utils.config import ConfigError, parse_structured
+from threestudio.utils.misc import cleanup, get_rank, load_module_weights, step_seed
+from threestudio.utils.saving import SaverMixin
+from threestudio.utils.schedule import C
+
+
+class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
+    @dataclass
+    class Config:
+        loggers: dict = field(default_factory=dict)
+        # lambda_<name>: schedulable weight of loss term <name>; 0 switches the term off
+        loss: dict = field(default_factory=dict)
+        optimizer: dict = field(default_factory=dict)
+        scheduler: Optional[dict] = None
+        # initialise from another trial's checkpoint (parameters only)
+        weights: Optional[str] = None
+        weights_ignore_modules: Optional[list] = None
+        cleanup_after_validation_step: bool = False
+        cleanup_after_test_step: bool = False
+        test_video_fps: int = 30
+
+    cfg: Config
+    # Submodules (attribute names) left out of checkpoints: frozen priors are rebuilt from their own files.
+    checkpoint_exclude: tuple[str, ...] = ()
+
+    def __init__(self, cfg: Any, resumed: bool = False, config_path: str = "system") -> None:
+        super().__init__()
+        self.cfg = parse_structured(self.Config, cfg, where=config_path)
+        self._resumed = resumed
+        for key in self.cfg.loss:
+            if not key.startswith("lambda_"):
+                raise ConfigError(f"{config_path}.loss.{key}: loss weights are named lambda_<term>.")
+        self.configure()
+        if self.cfg.weights is not None:
+            self.load_weights(self.cfg.weights, self.cfg.weights_ignore_modules)
+        self.post_configure()
+
+    def configure(self) -> None:
+        """Build submodules. Called once in __init__."""
+
+    def post_configure(self) -> None:
+        """Called after weights are loaded."""
+
+    def load_weights(self, path: str, ignore_modules: Optional[list] = None) -> None:
+        state_dict, epoch, global_step = load_module_weights(path, ignore_modules=ignore_modules)
+        self.load_state_dict(state_dict, strict=False)
+        self.update_step(epoch, global_step, on_load_weights=True)
+
+    # ------------------------------------------------------------------ losses
+    def loss_weight(self, name: str) -> float:
+        """Current weight of loss term `name` (0 when the config does not mention it)."""
+        return float(C(self.cfg.loss.get(f"lambda_{name}", 0.0), self.true_current_epoch, self.true_global_step))
+
+    def combine_losses(self, losses: dict[str, Tensor], prefix: str = "train") -> Tensor:
+        """Sum `lambda_<name> * loss` over the terms, logging each term and weight separately."""
+        total: Tensor = torch.zeros((), device=self.device)
+        for name, value in losses.items():
+            weight = self.loss_weight(name)
+            self.log(f"{prefix}/loss_{name}", value.detach())
+            self.log(f"{prefix}/lambda_{name}", weight)
+            if weight != 0:
+                total = total + weight * value
+        self.log(f"{prefix}/loss", total.detach(), prog_bar=True)
+        return total
+
+    # --------------------------------------------------------- step bookkeeping
+    @property
+    def true_global_step(self) -> int:
+        return self.trainer.global_step if self._trainer is not None else 0
+
+    @property
+    def true_current_epoch(self) -> int:
+        return self.trainer.current_epoch if self._trainer is not None else 0
+
+    @property
+    def global_seed(self) -> int:
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def seed_step(self, stream: str) -> None:
+        # Every step's randomness depends only on (seed, rank, step), so a resumed run equals an
+        # uninterrupted one whatever happened in between (validation, a restart).
+        torch.manual_seed(step_seed(self.global_seed + get_rank(), self.true_global_step, stream))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.seed_step("train")
+        self.update_step(self.true_current_epoch, self.true_global_step)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.update_step_end(self.true_current_epoch, self.true_global_step)
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.seed_step(f"val{batch_idx}")
+        self.update_step(self.true_current_epoch, self.true_global_step)
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.seed_step(f"test{batch_idx}")
+        self.update_step(self.true_current_epoch, self.true_global_step)
+
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.seed_step(f"predict{batch_idx}")
+        self.update_step(self.true_current_epoch, self.true_global_step)
+
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.cfg.cleanup_after_validation_step:
+            cleanup()
+
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.cfg.cleanup_after_test_step:
+            cleanup()
+
+    # -------------------------------------------------------------- optimizers
+    def configure_optimizers(self) -> dict:
+        optimizer = parse_optimizer(self.cfg.optimizer, self)
+        result: dict = {"optimizer": optimizer}
+        if self.cfg.scheduler is not None:
+            result["lr_scheduler"] = parse_scheduler(self.cfg.scheduler, optimizer)
+        return result
+
+    # ------------------------------------------------------------- checkpoints
+    def _excluded(self, key: str) -> bool:
+        return any(key == name or key.startswith(name + ".") for name in self.checkpoint_exclude)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if self._excluded(k)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # excluded submodules keep the weights they were built with
+        state = checkpoint["state_dict"]
+        for key, value in self.state_dict().items():
+            if self._excluded(key) and key not in state:
+                state[key] = value
+        self.update_step(checkpoint.get("epoch", 0), checkpoint.get("global_step", 0), on_load_weights=True)
+
+    # ------------------------------------------------------------------ saving
+    def step_prefix(self) -> str:
+        return f"it{self.true_global_step}"

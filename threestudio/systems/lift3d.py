@@ -1,0 +1,102 @@
+"""Base of the systems that optimise a 3D field: geometry + material + background + renderer (+ exporter)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from threestudio.systems.base import BaseSystem
+from threestudio.utils.base import build_module
+from threestudio.utils.config import ConfigError
+
+PANELS = ("rgb", "normal", "opacity", "depth")
+
+
+class BaseLift3DSystem(BaseSystem):
+    @dataclass
+    class Config(BaseSystem.Config):
+        geometry_type: str = "implicit-volume"
+        geometry: dict = field(default_factory=dict)
+        material_type: str = "no-material"
+        material: dict = field(default_factory=dict)
+        background_type: str = "solid-color-background"
+        background: dict = field(default_factory=dict)
+        renderer_type: str = "nerf-volume-renderer"
+        renderer: dict = field(default_factory=dict)
+        exporter_type: str = "mesh-exporter"
+        exporter: dict = field(default_factory=dict)
+        # what the validation images and the test video show, side by side
+        validation_panels: list = field(default_factory=lambda: ["rgb", "normal", "opacity"])
+        test_panels: list = field(default_factory=lambda: ["rgb"])
+
+    cfg: Config
+
+    def configure(self) -> None:
+        for key in ("validation_panels", "test_panels"):
+            unknown = [p for p in getattr(self.cfg, key) if p not in PANELS]
+            if unknown:
+                raise ConfigError(f"system.{key}: unknown panel(s) {unknown}; choose from {list(PANELS)}.")
+        self.geometry = build_module(self.cfg.geometry_type, self.cfg.geometry, "system.geometry")
+        self.material = build_module(self.cfg.material_type, self.cfg.material, "system.material")
+        self.background = build_module(self.cfg.background_type, self.cfg.background, "system.background")
+        self.renderer = build_module(
+            self.cfg.renderer_type, self.cfg.renderer, "system.renderer",
+            geometry=self.geometry, material=self.material, background=self.background,
+        )
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        return self.renderer(**batch)
+
+    # ------------------------------------------------------------------ images
+    def _panels(self, out: dict[str, Tensor], names: list, index: int = 0) -> list[dict]:
+        panels = []
+        for name in names:
+            if name == "rgb":
+                panels.append({"img": out["comp_rgb"][index]})
+            elif name == "normal" and "comp_normal" in out:
+                opacity = out["opacity"][index]
+                normal = (out["comp_normal"][index] + 1) / 2
+                panels.append({"img": normal * opacity + (1 - opacity)})
+            elif name == "opacity":
+                panels.append({"img": out["opacity"][index, ..., 0]})
+            elif name == "depth" and "depth" in out:
+                depth = out["depth"][index, ..., 0]
+                mask = out["opacity"][index, ..., 0] > 0.5
+                lo, hi = (depth[mask].min(), depth[mask].max()) if mask.any() else (0.0, 1.0)
+                panels.append({"img": ((depth - lo) / (hi - lo + 1e-6)).clamp(0, 1) * mask})
+        return panels
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self(batch)
+        index = int(batch["index"][0]) if "index" in batch else batch_idx
+        self.save_image_grid(f"{self.step_prefix()}-{index}.png", self._panels(out, self.cfg.validation_panels))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self(batch)
+        index = int(batch["index"][0]) if "index" in batch else batch_idx
+        self.save_image_grid(f"{self.step_prefix()}-test/{index}.png", self._panels(out, self.cfg.test_panels))
+
+    def on_test_epoch_end(self) -> None:
+        if self.trainer.is_global_zero:
+            self.save_img_sequence(f"{self.step_prefix()}-test.mp4", f"{self.step_prefix()}-test",
+                                   fps=self.cfg.test_video_fps)
+
+    # ------------------------------------------------------------------ export
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # export needs no per-view work; the exporter runs once at the end of the epoch
+        return None
+
+    def on_predict_epoch_end(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        exporter = build_module(
+            self.cfg.exporter_type, self.cfg.exporter, "system.exporter",
+            geometry=self.geometry, material=self.material, background=self.background,
+        )
+        out_dir = os.path.join(self.get_save_dir(), f"{self.step_prefix()}-export")
+        os.makedirs(out_dir, exist_ok=True)
+        with torch.no_grad():
+            exporter(out_dir)
