@@ -1,0 +1,1 @@
+# modules are imported here so that they register
