@@ -1,1 +1,2 @@
 from threestudio.data import random_camera, random_multiview_camera  # noqa: F401
+from threestudio.data import multiview_images  # noqa: F401

@@ -1,0 +1,302 @@
+"""`multiview-image-datamodule`: posed images (transforms json or an orbit video) for reconstruction.
+
+Training batches are random rays drawn from all training pixels, shaped as a (1, N, 1, 3) "image" so the
+renderer takes them like any view; validation and test batches are whole views (test may instead be a
+120-frame orbit for the video). Conventions: DESIGN.md §3.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+import threestudio
+from threestudio.data.camera_sampling import orbit_cameras
+from threestudio.data.multiview_sources import (
+    VIDEO_EXTENSIONS,
+    DatasetError,
+    ViewSet,
+    load_orbit,
+    load_transforms,
+    transforms_files,
+)
+from threestudio.utils.config import ConfigError, parse_structured
+from threestudio.utils.misc import get_rank, step_seed
+from threestudio.utils.ops import get_ray_directions, get_rays
+
+BACKGROUNDS = ("white", "black", "random")
+
+
+@dataclass
+class MultiviewImageDataModuleConfig:
+    # a folder with transforms_{train,val,test}.json or transforms.json, a transforms json file, or
+    # (orbit convention) a folder of frames or a video file
+    dataroot: str = "???"
+    convention: str = "auto"  # auto | transforms | orbit
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    # with a single transforms file: every k-th frame is held out for validation (0: validate on train frames)
+    holdout_every: int = 0
+    # resize all views to this size (intrinsics follow); None keeps the stored size
+    height: Optional[int] = None
+    width: Optional[int] = None
+    # RGB images without alpha: a folder of masks (same file stems), else a flat background colour to key out
+    mask_dir: Optional[str] = None
+    key_background: Optional[str] = None  # white | black | None (no mask: every pixel is object)
+    key_threshold: float = 0.02
+    # orbit convention (SV3D-style): evenly spaced azimuths, the last frame is the input view
+    orbit_elevation_deg: Any = 10.0  # one number, or one per frame
+    orbit_distance: float = 2.0
+    orbit_fovy_deg: float = 40.0
+    orbit_azimuth_offset_deg: float = 0.0
+    # training: random rays per step and the background the targets are composited on
+    batch_size: int = 4096
+    background: str = "random"  # white | black | random (random colour per ray teaches the mask)
+    # evaluation
+    eval_background: str = "white"
+    n_val_views: int = 4
+    test_views: str = "orbit"  # orbit: n_test_views around the object (video) | split: the test split's views
+    n_test_views: int = 120
+    eval_height: Optional[int] = None
+    eval_width: Optional[int] = None
+    eval_elevation_deg: float = 15.0
+    eval_camera_distance: Optional[float] = None  # default: mean training camera distance
+    eval_fovy_deg: Optional[float] = None  # default: mean training field of view
+
+
+def _rays_of(views: ViewSet) -> tuple[Tensor, Tensor]:
+    """World rays (N,H,W,3) of every pixel of every view."""
+    rays_o, rays_d = [], []
+    for i in range(len(views)):
+        fx, fy, cx, cy = views.intrinsics[i].tolist()
+        dirs = get_ray_directions(views.height, views.width, (fx, fy), (cx, cy))
+        o, d = get_rays(dirs, views.c2w[i:i + 1])
+        rays_o.append(o[0]), rays_d.append(d[0])
+    return torch.stack(rays_o), torch.stack(rays_d)
+
+
+def background_color(name: str) -> Tensor:
+    return torch.ones(3) if name == "white" else torch.zeros(3)
+
+
+class RandomRayDataset(IterableDataset):
+    """Endless batches of random training rays; the batch of step s depends only on (seed, s)."""
+
+    def __init__(self, views: ViewSet, batch_size: int, background: str, seed: int,
+                 start_step: Callable[[], int]) -> None:
+        super().__init__()
+        self.rays_o, self.rays_d = (r.reshape(-1, 3) for r in _rays_of(views))
+        self.rgb = views.images.reshape(-1, 3)
+        self.mask = views.masks.reshape(-1, 1)
+        self.camera_positions = views.c2w[:, :3, 3]
+        self.pixels_per_view = views.height * views.width
+        self.batch_size = batch_size
+        self.background = background
+        self.seed = seed
+        self.start_step = start_step
+
+    def batch_at(self, step: int) -> dict:
+        gen = torch.Generator().manual_seed(step_seed(self.seed, step, "rays"))
+        index = torch.randint(0, self.rays_o.shape[0], (self.batch_size,), generator=gen)
+        n = self.batch_size
+        if self.background == "random":
+            bg = torch.rand(n, 3, generator=gen)
+        else:
+            bg = background_color(self.background).expand(n, 3)
+        mask = self.mask[index]
+        rgb = self.rgb[index] * mask + bg * (1 - mask)
+        view = index // self.pixels_per_view
+        light = self.camera_positions[view[:1]]
+        return {
+            "rays_o": self.rays_o[index].reshape(1, n, 1, 3),
+            "rays_d": self.rays_d[index].reshape(1, n, 1, 3),
+            "rgb": rgb.reshape(1, n, 1, 3),
+            "mask": mask.reshape(1, n, 1, 1),
+            "bg_color": bg.reshape(1, n, 1, 3),
+            "light_positions": light,
+            "height": n,
+            "width": 1,
+        }
+
+    def __iter__(self) -> Iterator[dict]:
+        step = self.start_step()
+        while True:
+            yield self.batch_at(step)
+            step += 1
+
+
+class ViewDataset(Dataset):
+    """Whole views with their ground truth composited on the evaluation background."""
+
+    def __init__(self, views: ViewSet, background: str) -> None:
+        self.views = views
+        self.bg = background_color(background)
+        self.rays_o, self.rays_d = _rays_of(views)
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __getitem__(self, index: int) -> dict:
+        v = self.views
+        mask = v.masks[index]
+        return {
+            "index": torch.tensor([index]),
+            "rays_o": self.rays_o[index:index + 1],
+            "rays_d": self.rays_d[index:index + 1],
+            "rgb": (v.images[index] * mask + self.bg * (1 - mask))[None],
+            "mask": mask[None],
+            "bg_color": self.bg,
+            "c2w": v.c2w[index:index + 1],
+            "camera_positions": v.c2w[index:index + 1, :3, 3],
+            "light_positions": v.c2w[index:index + 1, :3, 3],
+            "height": v.height,
+            "width": v.width,
+        }
+
+
+class OrbitDataset(Dataset):
+    """Cameras evenly spaced in azimuth for the test video (no ground truth)."""
+
+    def __init__(self, n_views: int, elevation_deg: float, distance: float, fovy_deg: float, height: int,
+                 width: int, background: str) -> None:
+        self.n_views = n_views
+        self.args = dict(elevation_deg=elevation_deg, distance=distance, fovy_deg=fovy_deg, height=height, width=width)
+        self.bg = background_color(background)
+
+    def __len__(self) -> int:
+        return self.n_views
+
+    def __getitem__(self, index: int) -> dict:
+        batch = orbit_cameras(1, azimuth_start=index * 360.0 / self.n_views, **self.args)
+        batch["index"] = torch.tensor([index])
+        batch["bg_color"] = self.bg
+        return batch
+
+
+@threestudio.register("multiview-image-datamodule")
+class MultiviewImageDataModule(pl.LightningDataModule):
+    Config = MultiviewImageDataModuleConfig
+
+    def __init__(self, cfg: Optional[Any] = None, config_path: str = "data") -> None:
+        super().__init__()
+        self.cfg = parse_structured(self.Config, cfg, where=config_path)
+        c = self.cfg
+        for key in ("background", "eval_background"):
+            if getattr(c, key) not in BACKGROUNDS or (key == "eval_background" and c.eval_background == "random"):
+                raise ConfigError(f"{config_path}.{key}: '{getattr(c, key)}' is not one of "
+                                  f"{BACKGROUNDS if key == 'background' else BACKGROUNDS[:2]}.")
+        if c.key_background not in (None, "white", "black"):
+            raise ConfigError(f"{config_path}.key_background must be white, black or null, got '{c.key_background}'.")
+        if c.test_views not in ("orbit", "split"):
+            raise ConfigError(f"{config_path}.test_views must be 'orbit' or 'split', got '{c.test_views}'.")
+        if c.convention not in ("auto", "transforms", "orbit"):
+            raise ConfigError(f"{config_path}.convention must be auto, transforms or orbit, got '{c.convention}'.")
+        if (c.height is None) != (c.width is None):
+            raise ConfigError(f"{config_path}.height and width must be given together.")
+        self._resume_step = 0
+        self.train_views, self.val_views, self.test_views = self._load()
+
+    # ------------------------------------------------------------------------ loading
+    def _convention(self) -> str:
+        c = self.cfg
+        if c.convention != "auto":
+            return c.convention
+        root = c.dataroot
+        if os.path.isfile(root):
+            return "orbit" if os.path.splitext(root)[1].lower() in VIDEO_EXTENSIONS else "transforms"
+        if os.path.isdir(root) and not any(n.startswith("transforms") and n.endswith(".json") for n in os.listdir(root)):
+            return "orbit"
+        return "transforms"
+
+    def _resize(self, views: ViewSet) -> ViewSet:
+        return views.resized(self.cfg.height, self.cfg.width) if self.cfg.height is not None else views
+
+    def _load(self) -> tuple[ViewSet, ViewSet, Optional[ViewSet]]:
+        c = self.cfg
+        if c.dataroot in ("???", ""):
+            raise ConfigError("data.dataroot is required: a transforms json / folder, or an orbit video / folder.")
+        if self._convention() == "orbit":
+            views = self._resize(load_orbit(c.dataroot, c.orbit_elevation_deg, c.orbit_distance, c.orbit_fovy_deg,
+                                            c.orbit_azimuth_offset_deg, c.mask_dir, c.key_background or "white",
+                                            c.key_threshold))
+            return views, self._holdout(views)[1], None
+        files = transforms_files(c.dataroot, {"train": c.train_split, "val": c.val_split, "test": c.test_split})
+        cache: dict[str, ViewSet] = {}
+
+        def load(path: str) -> ViewSet:
+            if path not in cache:
+                cache[path] = self._resize(load_transforms(path, c.mask_dir, c.key_background, c.key_threshold))
+            return cache[path]
+
+        train = load(files["train"])
+        if files.get("val", files["train"]) == files["train"]:
+            train, val = self._holdout(train)
+        else:
+            val = load(files["val"])
+        test = load(files["test"]) if "test" in files and files["test"] != files["train"] else None
+        return train, val, test
+
+    def _holdout(self, views: ViewSet) -> tuple[ViewSet, ViewSet]:
+        """Single source: (train, val) — every k-th view held out, or validate on the first training views."""
+        k = self.cfg.holdout_every
+        if k > 0 and len(views) > 1:
+            held = list(range(0, len(views), k))
+            kept = [i for i in range(len(views)) if i % k != 0]
+            return views.subset(kept), views.subset(held)
+        return views, views.subset(range(min(self.cfg.n_val_views, len(views))))
+
+    # --------------------------------------------------------------- evaluation cameras
+    def orbit_defaults(self) -> dict:
+        """Elevation, distance, fovy and size of the test orbit (config, else from the training cameras)."""
+        c, v = self.cfg, self.train_views
+        distance = c.eval_camera_distance or float(v.c2w[:, :3, 3].norm(dim=-1).mean())
+        fovy = c.eval_fovy_deg or float(torch.rad2deg(2 * torch.atan(0.5 * v.height / v.intrinsics[:, 1])).mean())
+        return dict(elevation_deg=c.eval_elevation_deg, distance=distance, fovy_deg=fovy,
+                    height=c.eval_height or v.height, width=c.eval_width or v.width)
+
+    # --------------------------------------------------------------------- lightning
+    def state_dict(self) -> dict:
+        trainer = getattr(self, "trainer", None)
+        return {"global_step": trainer.global_step if trainer is not None else 0}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_step = int(state_dict.get("global_step", 0))
+
+    def _seed(self) -> int:
+        return int(os.environ.get("PL_GLOBAL_SEED", 0)) + get_rank()
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        c = self.cfg
+        if stage in (None, "fit"):
+            self.train_dataset = RandomRayDataset(self.train_views, c.batch_size, c.background, self._seed(),
+                                                  lambda: self._resume_step)
+        self.val_dataset = ViewDataset(self.val_views.subset(range(min(c.n_val_views, len(self.val_views)))),
+                                       c.eval_background)
+        if c.test_views == "split":
+            if self.test_views is None:
+                raise DatasetError(f"data.test_views=split but '{c.dataroot}' has no separate "
+                                   f"transforms_{c.test_split}.json.")
+            self.test_dataset: Dataset = ViewDataset(self.test_views, c.eval_background)
+        else:
+            self.test_dataset = OrbitDataset(c.n_test_views, background=c.eval_background, **self.orbit_defaults())
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_dataset, batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_dataset, batch_size=None, num_workers=0)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_dataset, batch_size=None, num_workers=0)
+
+    def predict_dataloader(self) -> DataLoader:
+        # export needs one (unused) item to run the predict loop
+        return DataLoader(OrbitDataset(1, background=self.cfg.eval_background, **self.orbit_defaults()),
+                          batch_size=None, num_workers=0)
+
