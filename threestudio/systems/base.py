@@ -40,6 +40,7 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg, where=config_path)
         self._resumed = resumed
+        self._loaded_global_step = 0
         for key in self.cfg.loss:
             if not key.startswith("lambda_"):
                 raise ConfigError(f"{config_path}.loss.{key}: loss weights are named lambda_<term>.")
@@ -79,7 +80,9 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
     # --------------------------------------------------------- step bookkeeping
     @property
     def true_global_step(self) -> int:
-        return self.trainer.global_step if self._trainer is not None else 0
+        # trainer.test/predict restore weights but not the step: use the checkpoint's step then
+        current = self.trainer.global_step if self._trainer is not None else 0
+        return max(current, self._loaded_global_step)
 
     @property
     def true_current_epoch(self) -> int:
@@ -144,7 +147,8 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         for key, value in self.state_dict().items():
             if self._excluded(key) and key not in state:
                 state[key] = value
-        self.update_step(checkpoint.get("epoch", 0), checkpoint.get("global_step", 0), on_load_weights=True)
+        self._loaded_global_step = int(checkpoint.get("global_step", 0))
+        self.update_step(checkpoint.get("epoch", 0), self._loaded_global_step, on_load_weights=True)
 
     # ------------------------------------------------------------------ saving
     def step_prefix(self) -> str:
