@@ -58,7 +58,9 @@ def trial_dir_of_checkpoint(ckpt: str) -> str | None:
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="path to a YAML config")
-    parser.add_argument("--gpu", default="0", help="GPU(s) to use, e.g. 0 or 0,1 (several = DDP); ignored without CUDA")
+    parser.add_argument("--gpu", default=None,
+                        help="GPU(s) to use, e.g. 0 or 0,1 (several = DDP); default: the first visible GPU. "
+                             "Ignored without CUDA")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--train", action="store_true")
     group.add_argument("--validate", action="store_true")
@@ -76,12 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         for noisy in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    if args.gpu is not None:
+        # must be set before CUDA is initialised (torch.cuda.is_available() does that)
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
     import torch
 
     n_gpus = 0
     if torch.cuda.is_available():
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", args.gpu)
-        n_gpus = len([g for g in args.gpu.split(",") if g.strip()])
+        n_gpus = len([g for g in args.gpu.split(",") if g.strip()]) if args.gpu is not None else 1
 
     import_custom_modules(custom_module_dirs())
 
