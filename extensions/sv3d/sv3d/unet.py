@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.resnet import SpatioTemporalResBlock
 from diffusers.models.unets.unet_spatio_temporal_condition import (
     UNetSpatioTemporalConditionModel,
     UNetSpatioTemporalConditionOutput,
@@ -77,6 +78,13 @@ class SV3DUNet(UNetSpatioTemporalConditionModel):
                 f"{projection_class_embeddings_input_dim} inputs"
             )
         self.added_id_widths = widths
+        # generative-models normalises every VideoResBlock with GroupNorm(32, eps=1e-5); diffusers builds the
+        # resnets of CrossAttnDownBlockSpatioTemporal with eps=1e-6. Align them (no parameters involved).
+        for module in self.modules():
+            if isinstance(module, SpatioTemporalResBlock):
+                for sub in module.modules():
+                    if isinstance(sub, torch.nn.GroupNorm):
+                        sub.eps = 1e-5
 
     def embed_added_time_ids(self, added_time_ids: torch.Tensor, batch_size: int, num_frames: int) -> torch.Tensor:
         """(B, K) or (B, T, K) raw ids -> (B, T, time_embed_dim) added embedding, one per frame."""
