@@ -1,0 +1,121 @@
+"""Density field -> triangle mesh: sampling the grid, marching cubes, floater removal, decimation."""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+import trimesh
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+
+class ExportError(ValueError):
+    """The field cannot be turned into a mesh (e.g. nothing above the isosurface threshold)."""
+
+
+def grid_coordinates(resolution: int, radius: float) -> Tensor:
+    """(R,) sample positions along one axis: R points from -radius to radius inclusive."""
+    return torch.linspace(-radius, radius, resolution)
+
+
+@torch.no_grad()
+def sample_density_grid(density_fn: Callable[[Tensor], Tensor], resolution: int, radius: float,
+                        chunk: int = 262144, device: Optional[torch.device] = None) -> np.ndarray:
+    """(R,R,R) float32 density at the grid points (index order x, y, z), evaluated in chunks."""
+    axis = grid_coordinates(resolution, radius)
+    out = np.empty(resolution ** 3, dtype=np.float32)
+    # one x-slab of points at a time keeps memory at O(R^2) besides the result
+    slabs = max(1, chunk // (resolution * resolution))
+    yy, zz = torch.meshgrid(axis, axis, indexing="ij")
+    for x0 in range(0, resolution, slabs):
+        xs = axis[x0:x0 + slabs]
+        pts = torch.stack([xs[:, None, None].expand(-1, resolution, resolution),
+                           yy[None].expand(len(xs), -1, -1), zz[None].expand(len(xs), -1, -1)], dim=-1)
+        pts = pts.reshape(-1, 3)
+        if device is not None:
+            pts = pts.to(device)
+        dens = density_fn(pts).reshape(-1).float().cpu().numpy()
+        out[x0 * resolution ** 2:(x0 + len(xs)) * resolution ** 2] = dens
+    return out.reshape(resolution, resolution, resolution)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of log(1 + values): the level that best splits empty space from the object."""
+    logv = np.log1p(np.clip(values.reshape(-1), 0, None))
+    hist, edges = np.histogram(logv, bins=bins)
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers) / np.maximum(w0, 1)
+    m1 = (np.sum(hist * centers) - np.cumsum(hist * centers)) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(np.expm1(centers[int(np.argmax(between))]))
+
+
+def resolve_threshold(grid: np.ndarray, threshold: Union[float, str]) -> float:
+    if isinstance(threshold, str):
+        if threshold != "auto":
+            raise ExportError(f"isosurface_threshold must be a number or 'auto', got '{threshold}'.")
+        level = otsu_threshold(grid)
+        logger.info("automatic isosurface threshold: %.4g", level)
+        return level
+    return float(threshold)
+
+
+def marching_cubes(grid: np.ndarray, threshold: float, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Isosurface of `grid` (values > threshold are inside) in world coordinates, outward-facing triangles.
+    The grid is padded with empty space, so the surface is closed even where the object touches the box."""
+    import mcubes
+
+    finite = grid[np.isfinite(grid)]
+    if finite.size == 0 or not (finite.max() > threshold and finite.min() < threshold):
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (float("nan"),) * 2
+        raise ExportError(
+            f"Empty isosurface: the density grid ranges over [{lo:.4g}, {hi:.4g}] and never crosses "
+            f"isosurface_threshold={threshold:.4g}. Set system.exporter.isosurface_threshold between those values "
+            "(or 'auto'); an all-empty field usually means the model is untrained or the checkpoint did not load."
+        )
+    low = min(float(finite.min()), threshold) - 1.0
+    padded = np.pad(np.nan_to_num(grid, nan=low), 1, mode="constant", constant_values=low)
+    vertices, faces = mcubes.marching_cubes(padded.astype(np.float64), float(threshold))
+    resolution = grid.shape[0]
+    vertices = (vertices - 1.0) * (2.0 * radius / (resolution - 1)) - radius
+    faces = faces.astype(np.int64)
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    # PyMCubes' winding depends on whether inside is above or below the level: make normals point outwards
+    if mesh.volume < 0:
+        faces = faces[:, ::-1].copy()
+    return vertices.astype(np.float32), faces
+
+
+def remove_floaters(vertices: np.ndarray, faces: np.ndarray, min_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Drop connected components whose area is below `min_fraction` of the largest one's."""
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(faces))
+    areas = np.bincount(labels, weights=mesh.area_faces)
+    keep_labels = np.nonzero(areas >= min_fraction * areas.max())[0]
+    keep = np.isin(labels, keep_labels)
+    if keep.all():
+        return vertices, faces
+    logger.info("removed %d small component(s) (%d faces)", len(areas) - len(keep_labels), int((~keep).sum()))
+    mesh.update_faces(keep)
+    mesh.remove_unreferenced_vertices()
+    return np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.int64)
+
+
+def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quadric-error decimation to about `target_faces` with fast-simplification; unchanged if it is missing."""
+    if len(faces) <= target_faces:
+        return vertices, faces
+    try:
+        import fast_simplification
+    except ImportError:
+        logger.warning("fast-simplification is not installed: mesh decimation skipped (%d faces). "
+                       "`pip install fast-simplification` to enable it.", len(faces))
+        return vertices, faces
+    v, f = fast_simplification.simplify(vertices.astype(np.float32), faces.astype(np.int32),
+                                        target_reduction=1.0 - target_faces / len(faces))
+    return np.asarray(v, dtype=np.float32), np.asarray(f, dtype=np.int64)

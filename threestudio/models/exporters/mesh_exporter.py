@@ -1,0 +1,143 @@
+"""`mesh-exporter`: density field -> textured mesh (model.obj + model.mtl + texture_kd.png, model.glb)."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+import threestudio
+from threestudio.models.exporters.isosurface import (
+    ExportError,
+    decimate,
+    marching_cubes,
+    remove_floaters,
+    resolve_threshold,
+    sample_density_grid,
+)
+from threestudio.models.exporters.mesh_io import write_glb, write_textured_obj, write_vertex_color_ply
+from threestudio.models.exporters.texture_baking import fill_empty_texels, rasterize_uv, uv_unwrap
+from threestudio.utils.base import BaseObject
+from threestudio.utils.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def query_albedo(geometry: Any, material: Any, points: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Surface colour (N,3) in [0,1] at world points: geometry.export -> material.export["albedo"]."""
+    device = getattr(geometry, "device", torch.device("cpu"))
+    out = np.zeros((len(points), 3), dtype=np.float32)
+    for start in range(0, len(points), chunk):
+        p = torch.as_tensor(points[start:start + chunk], dtype=torch.float32, device=device)
+        features = geometry.export(p)
+        exported = material.export(**features) if features else {}
+        if "albedo" not in exported:
+            raise ExportError(f"The material ({type(material).__name__}) exports no 'albedo' for the geometry's "
+                              f"features {sorted(features)}: cannot bake a texture.")
+        out[start:start + len(p)] = exported["albedo"][..., :3].float().clamp(0, 1).cpu().numpy()
+    return out
+
+
+@threestudio.register("mesh-exporter")
+class MeshExporter(BaseObject):
+    @dataclass
+    class Config(BaseObject.Config):
+        isosurface_resolution: int = 256
+        # a density level, "auto" (Otsu split of the log-density histogram) or null (the geometry's own
+        # isosurface_threshold, else 25)
+        isosurface_threshold: Any = None
+        # world box half-size; null: the geometry's radius
+        radius: Optional[float] = None
+        chunk: int = 262144
+        # drop connected components with less than this fraction of the largest component's area
+        remove_floaters: bool = True
+        floater_min_fraction: float = 0.05
+        # quadric decimation to about this many faces (needs fast-simplification); null keeps all faces
+        decimate_target_faces: Optional[int] = 20000
+        texture_size: int = 1024
+        texture_padding: int = 2
+        rasterizer: str = "auto"  # auto (nvdiffrast on CUDA when importable) | cpu | nvdiffrast
+        save_name: str = "model"
+        save_obj: bool = True
+        save_glb: bool = True
+        # glTF is y-up: rotate the z-up world when writing model.glb
+        glb_y_up: bool = True
+        save_vertex_color_ply: bool = False
+
+    cfg: Config
+
+    def configure(self, geometry: Any, material: Any, background: Any = None) -> None:
+        if self.cfg.rasterizer not in ("auto", "cpu", "nvdiffrast"):
+            raise ConfigError(f"system.exporter.rasterizer must be auto, cpu or nvdiffrast, got '{self.cfg.rasterizer}'.")
+        if self.cfg.isosurface_resolution < 8:
+            raise ConfigError("system.exporter.isosurface_resolution must be at least 8.")
+        self.geometry = geometry
+        self.material = material
+        self.background = background
+
+    # --------------------------------------------------------------------------- pieces
+    def radius(self) -> float:
+        if self.cfg.radius is not None:
+            return float(self.cfg.radius)
+        return float(getattr(getattr(self.geometry, "cfg", None), "radius", 1.0))
+
+    def threshold_setting(self) -> Any:
+        if self.cfg.isosurface_threshold is not None:
+            return self.cfg.isosurface_threshold
+        return getattr(getattr(self.geometry, "cfg", None), "isosurface_threshold", 25.0)
+
+    def density_grid(self) -> np.ndarray:
+        device = getattr(self.geometry, "device", None)
+        return sample_density_grid(lambda p: self.geometry.forward_density(p), self.cfg.isosurface_resolution,
+                                   self.radius(), self.cfg.chunk, device)
+
+    def extract_mesh(self) -> tuple[np.ndarray, np.ndarray]:
+        """Vertices (V,3) and outward-facing faces (F,3) of the cleaned, decimated isosurface."""
+        grid = self.density_grid()
+        threshold = resolve_threshold(grid, self.threshold_setting())
+        vertices, faces = marching_cubes(grid, threshold, self.radius())
+        logger.info("marching cubes at %.4g: %d vertices, %d faces", threshold, len(vertices), len(faces))
+        if self.cfg.remove_floaters:
+            vertices, faces = remove_floaters(vertices, faces, self.cfg.floater_min_fraction)
+        if self.cfg.decimate_target_faces:
+            vertices, faces = decimate(vertices, faces, self.cfg.decimate_target_faces)
+        return vertices, faces
+
+    def bake_texture(self, uv: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        """(S,S,3) albedo texture: colour of the surface point under each texel, seams filled."""
+        size = self.cfg.texture_size
+        face_index, bary = rasterize_uv(uv, faces, size, self.cfg.rasterizer, getattr(self.geometry, "device", None))
+        covered = face_index >= 0
+        fi = face_index[covered]
+        points = np.einsum("nk,nkc->nc", bary[covered], vertices[faces[fi]])
+        texture = np.zeros((size, size, 3), dtype=np.float32)
+        texture[covered] = query_albedo(self.geometry, self.material, points, self.cfg.chunk // 4)
+        return fill_empty_texels(texture, covered)
+
+    # ------------------------------------------------------------------------------ run
+    def __call__(self, out_dir: str) -> list[str]:
+        """Write the mesh files into `out_dir`; returns their paths."""
+        start = time.perf_counter()
+        os.makedirs(out_dir, exist_ok=True)
+        vertices, faces = self.extract_mesh()
+        uv_mesh = uv_unwrap(vertices, faces, self.cfg.texture_size, self.cfg.texture_padding)
+        texture = self.bake_texture(uv_mesh.uv, uv_mesh.vertices, uv_mesh.faces)
+        name = self.cfg.save_name
+        written: list[str] = []
+        if self.cfg.save_obj:
+            written += write_textured_obj(out_dir, uv_mesh.vertices, uv_mesh.faces, uv_mesh.uv, texture, name)
+        if self.cfg.save_glb:
+            written.append(write_glb(os.path.join(out_dir, f"{name}.glb"), uv_mesh.vertices, uv_mesh.faces,
+                                     uv_mesh.uv, texture, self.cfg.glb_y_up))
+        if self.cfg.save_vertex_color_ply:
+            colors = query_albedo(self.geometry, self.material, vertices, self.cfg.chunk // 4)
+            written.append(write_vertex_color_ply(os.path.join(out_dir, f"{name}_vertex_color.ply"),
+                                                  vertices, faces, colors))
+        logger.info("exported %d faces to %s in %.1f s", len(faces), out_dir, time.perf_counter() - start)
+        return written
+
