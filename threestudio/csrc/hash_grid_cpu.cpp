@@ -2,8 +2,8 @@
 //
 // Written for this project (no maintained CPU library implements tiny-cuda-nn's grid encoding).
 // Semantics follow tiny-cuda-nn's GridEncoding with linear interpolation, so the parameter
-// table is interchangeable with tcnn's (see threestudio/models/encodings/hash_grid.py for the
-// layout). The file deliberately includes no torch headers: it is called through ctypes with raw
+// table is interchangeable with tcnn's (see threestudio/models/encodings/hash_grid_layout.py for
+// the layout). The file deliberately includes no torch headers: it is called through ctypes with raw
 // pointers, which keeps the one-time build to a few seconds instead of a minute.
 //
 // Parallelism: work is split by level. A level's slice of the parameter table (and of the
@@ -27,58 +27,8 @@ struct Level {
   uint32_t resolution;  // vertices per axis of the dense grid
   uint32_t size;        // entries of this level's table
   uint32_t offset;      // first entry of this level in the table
-  bool hashed;          // index by hashing instead of dense strides
-  bool pow2;            // size is a power of two (hash levels): modulo by masking
+  bool hashed;          // index by hashing (then size is a power of two) instead of dense strides
 };
-
-struct Corners {
-  uint32_t index[8];  // table entry of each corner
-  float w[8];         // trilinear weight of each corner
-  float dw[8][3];     // d w / d x (already multiplied by scale)
-  float frac[3][2];   // per axis: weight of the lower corner (1-f) and of the upper corner (f)
-};
-
-inline uint32_t corner_index(const Level& lv, uint32_t gx, uint32_t gy, uint32_t gz) {
-  uint32_t idx;
-  if (lv.hashed) {
-    idx = gx ^ (gy * kPrimeY) ^ (gz * kPrimeZ);
-  } else {
-    // unsigned arithmetic wraps exactly as in tcnn (negative cells wrap around)
-    idx = gx + gy * lv.resolution + gz * (lv.resolution * lv.resolution);
-  }
-  if (lv.pow2) return idx & (lv.size - 1);
-  return idx < lv.size ? idx : idx % lv.size;
-}
-
-// Locate the 8 corners of the cell that contains x and their interpolation weights.
-template <bool kWithDerivative>
-inline void locate(const Level& lv, const float* x, Corners& c) {
-  uint32_t g[3];
-  float f[3];
-  for (int d = 0; d < 3; ++d) {
-    // no fused multiply-add: the pure-PyTorch reference computes the same two roundings
-    const float pos = x[d] * lv.scale + 0.5f;
-    const float fl = std::floor(pos);
-    g[d] = (uint32_t)(int32_t)fl;
-    f[d] = pos - fl;
-    c.frac[d][0] = 1.0f - f[d];
-    c.frac[d][1] = f[d];
-  }
-  for (int k = 0; k < 8; ++k) {
-    const int bx = k & 1, by = (k >> 1) & 1, bz = (k >> 2) & 1;
-    c.index[k] = corner_index(lv, g[0] + bx, g[1] + by, g[2] + bz);
-    const float wx = c.frac[0][bx], wy = c.frac[1][by], wz = c.frac[2][bz];
-    c.w[k] = wx * wy * wz;
-    if (kWithDerivative) {
-      const float sx = bx ? lv.scale : -lv.scale;
-      const float sy = by ? lv.scale : -lv.scale;
-      const float sz = bz ? lv.scale : -lv.scale;
-      c.dw[k][0] = sx * wy * wz;
-      c.dw[k][1] = wx * sy * wz;
-      c.dw[k][2] = wx * wy * sz;
-    }
-  }
-}
 
 struct Grid {
   int n_levels;
@@ -98,7 +48,6 @@ Grid make_grid(int n_levels, int n_features, const float* scales, const uint32_t
     lv.offset = offsets[l];
     lv.size = offsets[l + 1] - offsets[l];
     lv.hashed = hashed[l] != 0;
-    lv.pow2 = (lv.size & (lv.size - 1)) == 0;
   }
   return grid;
 }
@@ -115,8 +64,14 @@ struct Batch {
   float frac[kBatch][3];
 };
 
-inline void locate_batch(const Level& lv, const float* x, int count, Batch& b, const float* table, int F,
-                         bool for_write) {
+// Corner indices of the cell containing each point of a batch, specialised per level kind so the
+// inner loop has no branches. kHashed: tcnn's coherent prime hash (size is a power of two);
+// otherwise dense strides with wrap-around modulo.
+template <bool kHashed, bool kForWrite>
+inline void locate_batch(const Level& lv, const float* __restrict x, int count, Batch& b,
+                         const float* table, int F) {
+  const uint32_t res = lv.resolution, res2 = lv.resolution * lv.resolution;
+  const uint32_t mask = lv.size - 1;
   for (int j = 0; j < count; ++j) {
     uint32_t g[3];
     for (int d = 0; d < 3; ++d) {
@@ -126,15 +81,42 @@ inline void locate_batch(const Level& lv, const float* x, int count, Batch& b, c
       g[d] = (uint32_t)(int32_t)fl;
       b.frac[j][d] = pos - fl;
     }
-    for (int k = 0; k < 8; ++k) {
-      const uint32_t e = corner_index(lv, g[0] + (k & 1), g[1] + ((k >> 1) & 1), g[2] + ((k >> 2) & 1));
-      b.index[j][k] = e;
-      if (for_write) {
-        __builtin_prefetch(table + (int64_t)e * F, 1, 1);
-      } else {
-        __builtin_prefetch(table + (int64_t)e * F, 0, 1);
-      }
+    uint32_t cx[2], cy[2], cz[2];
+    if (kHashed) {
+      cx[0] = g[0]; cx[1] = g[0] + 1u;
+      cy[0] = g[1] * kPrimeY; cy[1] = cy[0] + kPrimeY;
+      cz[0] = g[2] * kPrimeZ; cz[1] = cz[0] + kPrimeZ;
+    } else {
+      cx[0] = g[0]; cx[1] = g[0] + 1u;
+      cy[0] = g[1] * res; cy[1] = cy[0] + res;
+      cz[0] = g[2] * res2; cz[1] = cz[0] + res2;
     }
+    for (int k = 0; k < 8; ++k) {
+      uint32_t e;
+      if (kHashed) {
+        e = (cx[k & 1] ^ cy[(k >> 1) & 1] ^ cz[k >> 2]) & mask;
+      } else {
+        e = cx[k & 1] + cy[(k >> 1) & 1] + cz[k >> 2];
+        if (e >= lv.size) e %= lv.size;  // only cells on the upper boundary wrap around
+      }
+      b.index[j][k] = e;
+      __builtin_prefetch(table + (int64_t)e * F, kForWrite ? 1 : 0, 1);
+    }
+  }
+}
+
+inline void prefetch_batch(const Batch& b, int count, const float* table, int F) {
+  for (int j = 0; j < count; ++j)
+    for (int k = 0; k < 8; ++k) __builtin_prefetch(table + (int64_t)b.index[j][k] * F, 0, 1);
+}
+
+template <bool kForWrite>
+inline void locate_batch_any(const Level& lv, const float* x, int count, Batch& b, const float* table,
+                             int F) {
+  if (lv.hashed) {
+    locate_batch<true, kForWrite>(lv, x, count, b, table, F);
+  } else {
+    locate_batch<false, kForWrite>(lv, x, count, b, table, F);
   }
 }
 
@@ -143,7 +125,7 @@ template <bool kWithDerivative>
 inline void corner_weights(const float* f, float scale, float w[8], float dw[8][3]) {
   const float ax[2] = {1.0f - f[0], f[0]}, ay[2] = {1.0f - f[1], f[1]}, az[2] = {1.0f - f[2], f[2]};
   for (int k = 0; k < 8; ++k) {
-    const int bx = k & 1, by = (k >> 1) & 1, bz = (k >> 2) & 1;
+    const int bx = k & 1, by = (k >> 1) & 1, bz = k >> 2;
     w[k] = ax[bx] * ay[by] * az[bz];
     if (kWithDerivative) {
       dw[k][0] = (bx ? scale : -scale) * ay[by] * az[bz];
@@ -173,7 +155,7 @@ void forward_impl(const Grid& grid, const float* x, int64_t n, const float* para
     float w[8], dw[8][3];
     for (int64_t i0 = begin; i0 < end; i0 += kBatch) {
       const int count = (int)(end - i0 < kBatch ? end - i0 : kBatch);
-      locate_batch(lv, x + 3 * i0, count, b, table, F, false);
+      locate_batch_any<false>(lv, x + 3 * i0, count, b, table, F);
       for (int j = 0; j < count; ++j) {
         corner_weights<false>(b.frac[j], lv.scale, w, dw);
         float acc[F];
@@ -189,7 +171,7 @@ void forward_impl(const Grid& grid, const float* x, int64_t n, const float* para
   }
 }
 
-// grad_params (zeroed by the caller) and/or grad_x; scratch holds n_threads * n * 3 floats.
+// grad_params (cleared here) and/or grad_x; scratch holds n_threads * n * 3 floats.
 template <int F>
 void backward_impl(const Grid& grid, const float* x, int64_t n, const float* params,
                    const float* grad_out, float* grad_params, float* grad_x, float* scratch,
@@ -203,12 +185,19 @@ void backward_impl(const Grid& grid, const float* x, int64_t n, const float* par
     const Level& lv = grid.levels[l];
     const float* table = params + (int64_t)lv.offset * F;
     float* gtable = grad_params ? grad_params + (int64_t)lv.offset * F : nullptr;
+    // the thread that owns a level clears its slice: parallel, and leaves it in cache
+    if (gtable) std::memset(gtable, 0, sizeof(float) * (size_t)lv.size * F);
     float* gx_local = want_x ? scratch + (int64_t)omp_get_thread_num() * n * 3 : nullptr;
     Batch b;
     float w[8], dw[8][3];
     for (int64_t i0 = 0; i0 < n; i0 += kBatch) {
       const int count = (int)(n - i0 < kBatch ? n - i0 : kBatch);
-      locate_batch(lv, x + 3 * i0, count, b, gtable ? gtable : table, F, gtable != nullptr);
+      if (gtable) {
+        locate_batch_any<true>(lv, x + 3 * i0, count, b, gtable, F);
+      } else {
+        locate_batch_any<false>(lv, x + 3 * i0, count, b, table, F);
+      }
+      if (want_x && gtable) prefetch_batch(b, count, table, F);
       for (int j = 0; j < count; ++j) {
         const int64_t i = i0 + j;
         const float* go = grad_out + i * out_stride + l * F;
@@ -253,7 +242,7 @@ void backward_impl(const Grid& grid, const float* x, int64_t n, const float* par
 // Derivatives of grad_x = sum_k (grad_out . p_k) dw_k/dx with respect to grad_out, params and x,
 // contracted with gg_x (the incoming gradient of grad_x). Any output may be null.
 //   gg_grad_out[i, l*F+f] = sum_k (dw_k/dx . gg_x) p_k[f]
-//   gg_params[k, f]      += (dw_k/dx . gg_x) grad_out[i, l*F+f]          (zeroed by the caller)
+//   gg_params[k, f]      += (dw_k/dx . gg_x) grad_out[i, l*F+f]          (cleared here)
 //   gg_x_out[i, e]        = sum_k (grad_out . p_k) sum_{d != e} gg_x[d] d2w_k/dx_d dx_e
 template <int F>
 void backward_backward_impl(const Grid& grid, const float* x, int64_t n, const float* params,
@@ -266,47 +255,59 @@ void backward_backward_impl(const Grid& grid, const float* x, int64_t n, const f
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
   for (int l = 0; l < L; ++l) {
     const Level& lv = grid.levels[l];
-    const int64_t base = (int64_t)lv.offset * F;
+    const float* table = params + (int64_t)lv.offset * F;
+    float* gtable = gg_params ? gg_params + (int64_t)lv.offset * F : nullptr;
+    if (gtable) std::memset(gtable, 0, sizeof(float) * (size_t)lv.size * F);
     const float s2 = lv.scale * lv.scale;
     float* gx_local = want_x ? scratch + (int64_t)omp_get_thread_num() * n * 3 : nullptr;
-    Corners c;
-    for (int64_t i = 0; i < n; ++i) {
-      const float* go = grad_out + i * out_stride + l * F;
-      const float* ggx = gg_x + 3 * i;
-      locate<true>(lv, x + 3 * i, c);
-      float acc[F];
-      for (int f = 0; f < F; ++f) acc[f] = 0.0f;
-      float hx[3] = {0.0f, 0.0f, 0.0f};
-      for (int k = 0; k < 8; ++k) {
-        const int64_t e = base + (int64_t)c.index[k] * F;
-        const float v = c.dw[k][0] * ggx[0] + c.dw[k][1] * ggx[1] + c.dw[k][2] * ggx[2];
-        if (gg_grad_out) {
-          for (int f = 0; f < F; ++f) acc[f] += v * params[e + f];
+    Batch b;
+    float w[8], dw[8][3];
+    for (int64_t i0 = 0; i0 < n; i0 += kBatch) {
+      const int count = (int)(n - i0 < kBatch ? n - i0 : kBatch);
+      locate_batch_any<false>(lv, x + 3 * i0, count, b, table, F);
+      if (gtable) prefetch_batch(b, count, gtable, F);
+      for (int j = 0; j < count; ++j) {
+        const int64_t i = i0 + j;
+        const float* go = grad_out + i * out_stride + l * F;
+        const float* ggx = gg_x + 3 * i;
+        const float* fr = b.frac[j];
+        corner_weights<true>(fr, lv.scale, w, dw);
+        float acc[F];
+        for (int f = 0; f < F; ++f) acc[f] = 0.0f;
+        float hx[3] = {0.0f, 0.0f, 0.0f};
+        for (int k = 0; k < 8; ++k) {
+          const int64_t e = (int64_t)b.index[j][k] * F;
+          const float v = dw[k][0] * ggx[0] + dw[k][1] * ggx[1] + dw[k][2] * ggx[2];
+          if (gg_grad_out) {
+            for (int f = 0; f < F; ++f) acc[f] += v * table[e + f];
+          }
+          if (gtable) {
+            for (int f = 0; f < F; ++f) gtable[e + f] += v * go[f];
+          }
+          if (want_x) {
+            float g = 0.0f;
+            for (int f = 0; f < F; ++f) g += go[f] * table[e + f];
+            const int bx = k & 1, by = (k >> 1) & 1, bz = k >> 2;
+            const float sx = bx ? 1.0f : -1.0f, sy = by ? 1.0f : -1.0f, sz = bz ? 1.0f : -1.0f;
+            const float wx = bx ? fr[0] : 1.0f - fr[0];
+            const float wy = by ? fr[1] : 1.0f - fr[1];
+            const float wz = bz ? fr[2] : 1.0f - fr[2];
+            // mixed second derivatives of the trilinear weight; the pure ones vanish
+            const float hxy = s2 * sx * sy * wz, hxz = s2 * sx * sz * wy, hyz = s2 * sy * sz * wx;
+            hx[0] += g * (hxy * ggx[1] + hxz * ggx[2]);
+            hx[1] += g * (hxy * ggx[0] + hyz * ggx[2]);
+            hx[2] += g * (hxz * ggx[0] + hyz * ggx[1]);
+          }
         }
-        if (gg_params) {
-          for (int f = 0; f < F; ++f) gg_params[e + f] += v * go[f];
+        if (gg_grad_out) {
+          float* o = gg_grad_out + i * out_stride + l * F;
+          for (int f = 0; f < F; ++f) o[f] = acc[f];
         }
         if (want_x) {
-          float g = 0.0f;
-          for (int f = 0; f < F; ++f) g += go[f] * params[e + f];
-          const int bx = k & 1, by = (k >> 1) & 1, bz = (k >> 2) & 1;
-          const float sx = bx ? 1.0f : -1.0f, sy = by ? 1.0f : -1.0f, sz = bz ? 1.0f : -1.0f;
-          const float wx = c.frac[0][bx], wy = c.frac[1][by], wz = c.frac[2][bz];
-          // mixed second derivatives of the trilinear weight; the pure ones vanish
-          const float hxy = s2 * sx * sy * wz, hxz = s2 * sx * sz * wy, hyz = s2 * sy * sz * wx;
-          hx[0] += g * (hxy * ggx[1] + hxz * ggx[2]);
-          hx[1] += g * (hxy * ggx[0] + hyz * ggx[2]);
-          hx[2] += g * (hxz * ggx[0] + hyz * ggx[1]);
+          gx_local[3 * i + 0] += hx[0];
+          gx_local[3 * i + 1] += hx[1];
+          gx_local[3 * i + 2] += hx[2];
         }
-      }
-      if (gg_grad_out) {
-        float* o = gg_grad_out + i * out_stride + l * F;
-        for (int f = 0; f < F; ++f) o[f] = acc[f];
-      }
-      if (want_x) {
-        gx_local[3 * i + 0] += hx[0];
-        gx_local[3 * i + 1] += hx[1];
-        gx_local[3 * i + 2] += hx[2];
       }
     }
   }

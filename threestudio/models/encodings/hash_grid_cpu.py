@@ -170,7 +170,9 @@ def kernel_backward(lib: ctypes.CDLL, meta: GridMeta, x: torch.Tensor, params: t
     n = x.shape[0]
     nt = _threads()
     grad_x = torch.empty(n, 3, dtype=torch.float32) if want_x else None
-    grad_params = torch.zeros(meta.n_params, dtype=torch.float32) if want_params else None
+    grad_params = torch.empty(meta.n_params, dtype=torch.float32) if want_params else None
+    if want_params and n == 0:
+        grad_params.zero_()
     if n > 0 and (want_x or want_params):
         scratch = torch.empty(nt * n * 3, dtype=torch.float32) if want_x else None
         _check(lib.hg_backward(_ptr(x), n, _ptr(params), *meta.args(), _ptr(grad_out), _ptr(grad_params),
@@ -187,13 +189,15 @@ def kernel_backward_backward(lib: ctypes.CDLL, meta: GridMeta, x: torch.Tensor, 
     n = x.shape[0]
     nt = _threads()
     g_grad_out = torch.empty(n, meta.n_output_dims, dtype=torch.float32) if want_grad_out else None
-    g_params = torch.zeros(meta.n_params, dtype=torch.float32) if want_params else None
+    g_params = torch.empty(meta.n_params, dtype=torch.float32) if want_params else None
     g_x = torch.empty(n, 3, dtype=torch.float32) if want_x else None
     if n > 0 and (want_grad_out or want_params or want_x):
         scratch = torch.empty(nt * n * 3, dtype=torch.float32) if want_x else None
         _check(lib.hg_backward_backward(_ptr(x), n, _ptr(params), *meta.args(), _ptr(grad_out), _ptr(gg_x),
                                         _ptr(g_grad_out), _ptr(g_params), _ptr(g_x), _ptr(scratch), nt))
     else:
+        if g_params is not None:
+            g_params.zero_()
         if g_grad_out is not None:
             g_grad_out.zero_()
         if g_x is not None:

@@ -1,0 +1,26 @@
+"""Background base: colour seen along ray directions that hit nothing."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from threestudio.utils.base import BaseModule
+
+
+class BaseBackground(BaseModule):
+    @dataclass
+    class Config(BaseModule.Config):
+        pass
+
+    cfg: Config
+
+    def forward(self, dirs: torch.Tensor) -> torch.Tensor:
+        """dirs (B, H, W, 3) unit ray directions -> colours (B, H, W, C)."""
+        raise NotImplementedError
+
+
+def random_solid_colors(dirs: torch.Tensor, n_channels: int) -> torch.Tensor:
+    """One random colour per view (dim 0), broadcast over the view's pixels."""
+    colors = torch.rand(dirs.shape[0], *([1] * (dirs.dim() - 2)), n_channels, device=dirs.device, dtype=dirs.dtype)
+    return colors.expand(*dirs.shape[:-1], n_channels)

@@ -1,0 +1,1 @@
+from threestudio.models.geometry import base, implicit_volume, isosurface  # noqa: F401

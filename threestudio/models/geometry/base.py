@@ -1,0 +1,131 @@
+"""Geometry bases: a field in the box [-radius, radius]^3 that renderers and exporters query.
+
+Contract (DESIGN.md §4): `forward(points (..., 3), output_normal=False)` returns
+`{"density" (..., 1), "features" (..., C)[, "normal", "shading_normal" (..., 3)]}` for world-space
+points; `forward_density(points) -> (..., 1)`; `density_grid(resolution)` samples the field on a
+dense grid; `isosurface()` extracts a mesh; `export(points)` returns the features at surface points.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from threestudio.models.geometry.isosurface import IsosurfaceMesh, marching_cubes, sample_grid
+from threestudio.utils.base import BaseModule
+from threestudio.utils.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def contract_to_unit_cube(x: torch.Tensor, bbox: torch.Tensor) -> torch.Tensor:
+    """World points in bbox (2, 3) -> [0, 1]^3 (the hash grid's input range)."""
+    return (x - bbox[0]) / (bbox[1] - bbox[0])
+
+
+class BaseGeometry(BaseModule):
+    @dataclass
+    class Config(BaseModule.Config):
+        pass
+
+    cfg: Config
+
+    def export(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {}
+
+
+class BaseImplicitGeometry(BaseGeometry):
+    @dataclass
+    class Config(BaseGeometry.Config):
+        radius: float = 1.0
+        isosurface: bool = True
+        isosurface_method: str = "mc"
+        isosurface_resolution: int = 128
+        # a number, or "auto" (mean of the field where it is positive)
+        isosurface_threshold: Any = 0.0
+        isosurface_chunk: int = 0
+        isosurface_coarse_to_fine: bool = False
+        isosurface_remove_outliers: bool = False
+        # a fraction of all faces if < 1, else a face count
+        isosurface_outlier_n_faces_threshold: float = 0.01
+
+    cfg: Config
+
+    def configure(self) -> None:
+        if self.cfg.radius <= 0:
+            raise ConfigError(f"geometry.radius must be positive, got {self.cfg.radius}.")
+        if self.cfg.isosurface_method not in ("mc", "mc-cpu"):
+            raise ConfigError(
+                f"geometry.isosurface_method '{self.cfg.isosurface_method}' is not supported; use 'mc'."
+            )
+        threshold = self.cfg.isosurface_threshold
+        if not (threshold == "auto" or (isinstance(threshold, (int, float)) and not isinstance(threshold, bool))):
+            raise ConfigError(f"geometry.isosurface_threshold must be a number or 'auto', got {threshold!r}.")
+        r = self.cfg.radius
+        self.register_buffer("bbox", torch.tensor([[-r, -r, -r], [r, r, r]], dtype=torch.float32))
+
+    def forward(self, points: torch.Tensor, output_normal: bool = False) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward_density(self, points: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_field(self, points: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The implicit field whose level set is the surface (here: density), and no deformation."""
+        return self.forward_density(points), None
+
+    def forward_level(self, field: torch.Tensor, threshold: float) -> torch.Tensor:
+        """Positive outside, negative inside (for a density field: threshold - density)."""
+        return -(field - threshold)
+
+    @torch.no_grad()
+    def density_grid(self, resolution: Optional[int] = None, chunk: Optional[int] = None,
+                     bbox: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The field at the resolution^3 vertices of a grid spanning bbox (default: the geometry's box).
+
+        Index order (x, y, z): `grid[i, j, k]` is at `bbox[0] + (i, j, k) / (R - 1) * (bbox[1] - bbox[0])`.
+        """
+        resolution = resolution or self.cfg.isosurface_resolution
+        chunk = self.cfg.isosurface_chunk if chunk is None else chunk
+        bbox = self.bbox if bbox is None else bbox.to(self.bbox)
+        return sample_grid(lambda p: self.forward_field(p)[0], resolution, bbox, chunk, self.bbox.device)
+
+    def _resolve_threshold(self, grid: torch.Tensor) -> float:
+        if self.cfg.isosurface_threshold == "auto":
+            positive = grid[grid > 1e-5]
+            if positive.numel() == 0:
+                raise RuntimeError("isosurface_threshold='auto' found no positive field values: the field is empty.")
+            value = float(positive.mean())
+            logger.info("Automatically determined isosurface threshold: %f", value)
+            return value
+        return float(self.cfg.isosurface_threshold)
+
+    @torch.no_grad()
+    def _isosurface(self, bbox: torch.Tensor) -> IsosurfaceMesh:
+        grid = self.density_grid(self.cfg.isosurface_resolution, self.cfg.isosurface_chunk, bbox)
+        threshold = self._resolve_threshold(grid)
+        mesh = marching_cubes(grid, threshold, bbox)
+        if mesh.faces.shape[0] == 0:
+            raise RuntimeError(
+                f"The isosurface at threshold {threshold} is empty (field range "
+                f"[{float(grid.min()):.4g}, {float(grid.max()):.4g}]). Lower geometry.isosurface_threshold."
+            )
+        if self.cfg.isosurface_remove_outliers:
+            mesh = mesh.remove_small_components(self.cfg.isosurface_outlier_n_faces_threshold)
+        return mesh
+
+    @torch.no_grad()
+    def isosurface(self) -> IsosurfaceMesh:
+        """Marching-cubes mesh of the field at `isosurface_threshold`, in world coordinates."""
+        if not self.cfg.isosurface:
+            raise RuntimeError("Isosurface extraction is disabled: set geometry.isosurface=true.")
+        mesh = self._isosurface(self.bbox)
+        if self.cfg.isosurface_coarse_to_fine:
+            vmin, vmax = mesh.vertices.amin(dim=0), mesh.vertices.amax(dim=0)
+            margin = (vmax - vmin) * 0.1
+            bbox = torch.stack([(vmin - margin).maximum(self.bbox[0].cpu()),
+                                (vmax + margin).minimum(self.bbox[1].cpu())]).to(self.bbox)
+            mesh = self._isosurface(bbox)
+        return mesh

@@ -1,0 +1,6 @@
+from threestudio.models.renderers import (  # noqa: F401
+    base,
+    nerf_volume_renderer,
+    occupancy_grid,
+    volume_rendering,
+)
