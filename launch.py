@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, extras = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="[%(levelname)s %(name)s] %(message)s")
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     raw = OmegaConf.merge(OmegaConf.load(args.config), OmegaConf.from_dotlist(extras))
     interrupt = GracefulInterruptCallback()
-    callbacks: list = [ConfigSnapshotCallback(cfg.trial_dir, raw, cfg)]
+    callbacks: list = [ConfigSnapshotCallback(cfg.trial_dir, raw, cfg, command=["python", "launch.py", *argv])]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(ProgressBar(refresh_rate=1))
     loggers: list = []

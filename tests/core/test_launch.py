@@ -1,6 +1,7 @@
 """launch.py end to end with a tiny test-only system (tests/core/fixtures/custom/toy_system.py)."""
 import csv
 import glob
+import importlib.util
 import os
 import signal
 import subprocess
@@ -22,12 +23,27 @@ def _env(custom=os.path.join(FIXTURES, "custom")):
     return env
 
 
+def _launcher():
+    spec = importlib.util.spec_from_file_location("launch", os.path.join(REPO, "launch.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def launch(*args, custom=os.path.join(FIXTURES, "custom"), check=True):
-    cmd = [sys.executable, os.path.join(REPO, "launch.py"), *args, "trainer.enable_progress_bar=false"]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(custom), capture_output=True, text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    """Run launch.py's main() in this process (the signal tests below use real subprocesses)."""
+    old = os.environ.get("THREESTUDIO_CUSTOM_PATH")
+    os.environ["THREESTUDIO_CUSTOM_PATH"] = custom
+    try:
+        code = _launcher().main([*args, "trainer.enable_progress_bar=false"])
+    finally:
+        if old is None:
+            os.environ.pop("THREESTUDIO_CUSTOM_PATH")
+        else:
+            os.environ["THREESTUDIO_CUSTOM_PATH"] = old
+    if check:
+        assert code == 0, f"launch failed with exit code {code}"
+    return code
 
 
 def losses(trial):
@@ -130,21 +146,22 @@ def test_second_ctrl_c_exits(tmp_path):
     assert not glob.glob(str(trial / "save" / "*-test.mp4"))
 
 
-def test_config_error_fails_before_any_work(tmp_path):
-    proc = launch("--config", TOY, "--train", f"exp_root_dir={tmp_path}", "system.optimiser.lr=1", check=False)
-    assert proc.returncode == 2
-    assert "Unknown config key 'system.optimiser'" in proc.stderr
+def test_config_error_fails_before_any_work(tmp_path, capsys):
+    code = launch("--config", TOY, "--train", f"exp_root_dir={tmp_path}", "system.optimiser.lr=1", check=False)
+    assert code == 2
+    assert "Unknown config key 'system.optimiser'" in capsys.readouterr().err
     assert not (tmp_path / "toy").exists()
 
 
-def test_failing_custom_module_is_reported_and_others_load(tmp_path):
+def test_failing_custom_module_is_reported_and_others_load(tmp_path, capsys):
     yaml = tmp_path / "fine.yaml"
     yaml.write_text("name: fine\ntag: t\nuse_timestamp: false\ndata_type: random-camera-datamodule\n"
                     "system_type: fine-custom-system\n")
-    proc = launch("--config", str(yaml), "--validate", f"exp_root_dir={tmp_path}",
+    code = launch("--config", str(yaml), "--validate", f"exp_root_dir={tmp_path}",
                   custom=os.path.join(FIXTURES, "broken_custom"), check=False)
-    assert "aaa_broken.py failed to import and is skipped" in proc.stderr
-    assert "this custom module is broken on purpose" in proc.stderr
-    assert "Unknown module" not in proc.stderr  # zzz_fine registered its system
-    assert proc.returncode == 0, proc.stderr
+    err = capsys.readouterr().err
+    assert "aaa_broken.py failed to import and is skipped" in err
+    assert "this custom module is broken on purpose" in err
+    assert "Unknown module" not in err  # zzz_fine registered its system
+    assert code == 0, err
     assert (tmp_path / "fine" / "t" / "save" / "validated-0.json").exists()

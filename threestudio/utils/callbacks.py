@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -43,8 +44,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class ConfigSnapshotCallback(pl.Callback):
     """Writes `cmd.txt`, `configs/raw.yaml` and `configs/parsed.yaml` into the trial folder."""
 
-    def __init__(self, trial_dir: str, raw_config: Any, parsed_config: Any) -> None:
+    def __init__(self, trial_dir: str, raw_config: Any, parsed_config: Any, command: list[str]) -> None:
         self.trial_dir = trial_dir
+        self.command = command
         self.raw_config = raw_config
         self.parsed_config = parsed_config
 
@@ -54,7 +56,7 @@ class ConfigSnapshotCallback(pl.Callback):
         dump_config(os.path.join(self.trial_dir, "configs", "raw.yaml"), self.raw_config)
         dump_config(os.path.join(self.trial_dir, "configs", "parsed.yaml"), OmegaConf.structured(self.parsed_config))
         with open(os.path.join(self.trial_dir, "cmd.txt"), "a") as fp:
-            fp.write(" ".join(["python"] + sys.argv) + "\n")
+            fp.write(" ".join(shlex.quote(c) for c in self.command) + "\n")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.write()
