@@ -85,9 +85,11 @@ class SV3DPipeline:
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "SV3DPipeline":
         """Move to a device; `dtype` casts the UNet and the image encoder (the VAE stays float32)."""
-        self.unet.to(device=device, dtype=dtype)
-        self.image_encoder.to(device=device, dtype=dtype)
-        self.vae.to(device=device)
+        kw = {"device": device} if dtype is None else {"device": device, "dtype": dtype}
+        self.unet.to(**kw)
+        self.image_encoder.to(**kw)
+        if device is not None:
+            self.vae.to(device=device)
         return self
 
     @property

@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoding_t", type=int, default=14, help="frames decoded at a time (lower it to save memory)")
     p.add_argument("--cond_aug", type=float, default=None)
     p.add_argument("--image_frame_ratio", type=float, default=None, help="object size / frame size when centring (SV3D)")
+    p.add_argument("--image_size", type=int, default=576, help="side of the square SV3D input (trained at 576)")
     p.add_argument("--fps_id", type=float, default=6)
     p.add_argument("--motion_bucket_id", type=float, default=127)
     p.add_argument("--fov", type=float, default=SV3D_FOV_DEG, help="field of view written to transforms.json (degrees)")
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> dict:
         fps_id=args.fps_id,
         motion_bucket_id=args.motion_bucket_id,
         image_frame_ratio=args.image_frame_ratio,
+        image_size=args.image_size,
     )
     paths = save_outputs(out, args.output_dir, args.fps, args.fov, args.distance)
     with open(os.path.join(args.output_dir, "sample_args.json"), "w") as f:

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from sv3d import SV3DPipeline
+from sv3d.tiny import write_tiny_checkpoint
+
+IMAGE = 64  # tiny input side (the models are trained at 576)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpts(tmp_path_factory):
+    """Tiny random checkpoints in released generative-models layout, written once per session."""
+    root = tmp_path_factory.mktemp("sv3d_ckpts")
+    paths = {}
+    for version in ("sv3d_u", "sv3d_p", "svd"):
+        path = root / f"tiny_{version}.safetensors"
+        write_tiny_checkpoint(str(path), version, seed=1)
+        paths[version] = str(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_pipes(tiny_ckpts):
+    cache = {}
+
+    def get(version):
+        if version not in cache:
+            cache[version] = SV3DPipeline.from_single_file(tiny_ckpts[version])
+        return cache[version]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def rgba_object(tmp_path_factory):
+    """An RGBA image (100 high, 80 wide) with an opaque 40x50 (w x h) red box at x=10, y=20."""
+    arr = np.zeros((100, 80, 4), np.uint8)
+    arr[20:70, 10:50] = (220, 30, 30, 255)
+    path = tmp_path_factory.mktemp("sv3d_img") / "object.png"
+    Image.fromarray(arr).save(path)
+    return str(path)
