@@ -47,7 +47,8 @@ def _load_strict(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: 
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, wrong shape {wrong[:5]}"
         )
-    module.load_state_dict({k: v for k, v in sd.items()}, strict=False)
+    # assign: the module takes the checkpoint's tensors instead of copying them into its random init
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=False, assign=True)
 
 
 def build_unet(sd: Mapping[str, torch.Tensor], spec: ModelSpec) -> Tuple[SV3DUNet, List[str]]:

@@ -1,5 +1,8 @@
+import contextlib
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sv3d import SV3DPipeline
@@ -8,15 +11,33 @@ from sv3d.tiny import write_tiny_checkpoint
 IMAGE = 64  # tiny input side (the models are trained at 576)
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Tiny models: intra-op threading only costs synchronisation (and stalls badly on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpts(tmp_path_factory):
     """Tiny random checkpoints in released generative-models layout, written once per session."""
     root = tmp_path_factory.mktemp("sv3d_ckpts")
     paths = {}
-    for version in ("sv3d_u", "sv3d_p", "svd"):
-        path = root / f"tiny_{version}.safetensors"
-        write_tiny_checkpoint(str(path), version, seed=1)
-        paths[version] = str(path)
+    with one_thread():
+        for version in ("sv3d_u", "sv3d_p", "svd"):
+            path = root / f"tiny_{version}.safetensors"
+            write_tiny_checkpoint(str(path), version, seed=1)
+            paths[version] = str(path)
     return paths
 
 
@@ -26,7 +47,8 @@ def tiny_pipes(tiny_ckpts):
 
     def get(version):
         if version not in cache:
-            cache[version] = SV3DPipeline.from_single_file(tiny_ckpts[version])
+            with one_thread():
+                cache[version] = SV3DPipeline.from_single_file(tiny_ckpts[version])
         return cache[version]
 
     return get
