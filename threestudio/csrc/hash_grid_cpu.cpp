@@ -77,9 +77,11 @@ inline void locate_batch(const Level& lv, const float* __restrict x, int count, 
     for (int d = 0; d < 3; ++d) {
       // no fused multiply-add: the pure-PyTorch reference computes the same two roundings
       const float pos = x[3 * j + d] * lv.scale + 0.5f;
-      const float fl = std::floor(pos);
-      g[d] = (uint32_t)(int32_t)fl;
-      b.frac[j][d] = pos - fl;
+      // floor without a libm call (exact for |pos| < 2^31; positions are O(resolution))
+      int32_t cell = (int32_t)pos;
+      cell -= (pos < (float)cell) ? 1 : 0;
+      g[d] = (uint32_t)cell;
+      b.frac[j][d] = pos - (float)cell;
     }
     uint32_t cx[2], cy[2], cz[2];
     if (kHashed) {

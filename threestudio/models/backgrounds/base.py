@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 
@@ -14,6 +15,11 @@ class BaseBackground(BaseModule):
         pass
 
     cfg: Config
+
+    def __init__(self, cfg: Any = None, *args: Any, config_path: Optional[str] = None, **kwargs: Any) -> None:
+        # kept so that configure() can name keys as the user wrote them (e.g. system.background.color)
+        self.config_path = config_path or "background"
+        super().__init__(cfg, *args, config_path=config_path, **kwargs)
 
     def forward(self, dirs: torch.Tensor) -> torch.Tensor:
         """dirs (B, H, W, 3) unit ray directions -> colours (B, H, W, C)."""

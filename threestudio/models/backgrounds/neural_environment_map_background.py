@@ -33,14 +33,14 @@ class NeuralEnvironmentMapBackground(BaseBackground):
     def configure(self) -> None:
         if self.cfg.eval_color is not None and len(self.cfg.eval_color) != self.cfg.n_output_dims:
             raise ConfigError(
-                f"background.eval_color has {len(self.cfg.eval_color)} values, n_output_dims is {self.cfg.n_output_dims}."
+                f"{self.config_path}.eval_color has {len(self.cfg.eval_color)} values, n_output_dims is {self.cfg.n_output_dims}."
             )
         try:
             self.encoding = get_encoding(3, self.cfg.dir_encoding_config)
             self.network = get_mlp(self.encoding.n_output_dims, self.cfg.n_output_dims, self.cfg.mlp_network_config)
             self.color_act = get_activation(self.cfg.color_activation)
         except (ValueError, TypeError) as e:
-            raise ConfigError(f"background: {e}") from None
+            raise ConfigError(f"{self.config_path}: {e}") from None
 
     def forward(self, dirs: torch.Tensor) -> torch.Tensor:
         if not self.training and self.cfg.eval_color is not None:

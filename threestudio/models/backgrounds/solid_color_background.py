@@ -27,7 +27,7 @@ class SolidColorBackground(BaseBackground):
     def configure(self) -> None:
         if len(self.cfg.color) != self.cfg.n_output_dims:
             raise ConfigError(
-                f"background.color has {len(self.cfg.color)} values but n_output_dims is {self.cfg.n_output_dims}."
+                f"{self.config_path}.color has {len(self.cfg.color)} values but n_output_dims is {self.cfg.n_output_dims}."
             )
         color = torch.tensor(self.cfg.color, dtype=torch.float32)
         if self.cfg.learned:

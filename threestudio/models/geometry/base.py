@@ -32,6 +32,11 @@ class BaseGeometry(BaseModule):
 
     cfg: Config
 
+    def __init__(self, cfg: Any = None, *args: Any, config_path: Optional[str] = None, **kwargs: Any) -> None:
+        # kept so that configure() can name keys as the user wrote them (e.g. system.geometry.radius)
+        self.config_path = config_path or "geometry"
+        super().__init__(cfg, *args, config_path=config_path, **kwargs)
+
     def export(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return {}
 
@@ -55,14 +60,14 @@ class BaseImplicitGeometry(BaseGeometry):
 
     def configure(self) -> None:
         if self.cfg.radius <= 0:
-            raise ConfigError(f"geometry.radius must be positive, got {self.cfg.radius}.")
+            raise ConfigError(f"{self.config_path}.radius must be positive, got {self.cfg.radius}.")
         if self.cfg.isosurface_method not in ("mc", "mc-cpu"):
             raise ConfigError(
-                f"geometry.isosurface_method '{self.cfg.isosurface_method}' is not supported; use 'mc'."
+                f"{self.config_path}.isosurface_method '{self.cfg.isosurface_method}' is not supported; use 'mc'."
             )
         threshold = self.cfg.isosurface_threshold
         if not (threshold == "auto" or (isinstance(threshold, (int, float)) and not isinstance(threshold, bool))):
-            raise ConfigError(f"geometry.isosurface_threshold must be a number or 'auto', got {threshold!r}.")
+            raise ConfigError(f"{self.config_path}.isosurface_threshold must be a number or 'auto', got {threshold!r}.")
         r = self.cfg.radius
         self.register_buffer("bbox", torch.tensor([[-r, -r, -r], [r, r, r]], dtype=torch.float32))
 
@@ -110,7 +115,7 @@ class BaseImplicitGeometry(BaseGeometry):
         if mesh.faces.shape[0] == 0:
             raise RuntimeError(
                 f"The isosurface at threshold {threshold} is empty (field range "
-                f"[{float(grid.min()):.4g}, {float(grid.max()):.4g}]). Lower geometry.isosurface_threshold."
+                f"[{float(grid.min()):.4g}, {float(grid.max()):.4g}]). Lower {self.config_path}.isosurface_threshold."
             )
         if self.cfg.isosurface_remove_outliers:
             mesh = mesh.remove_small_components(self.cfg.isosurface_outlier_n_faces_threshold)
@@ -120,7 +125,7 @@ class BaseImplicitGeometry(BaseGeometry):
     def isosurface(self) -> IsosurfaceMesh:
         """Marching-cubes mesh of the field at `isosurface_threshold`, in world coordinates."""
         if not self.cfg.isosurface:
-            raise RuntimeError("Isosurface extraction is disabled: set geometry.isosurface=true.")
+            raise RuntimeError(f"Isosurface extraction is disabled: set {self.config_path}.isosurface=true.")
         mesh = self._isosurface(self.bbox)
         if self.cfg.isosurface_coarse_to_fine:
             vmin, vmax = mesh.vertices.amin(dim=0), mesh.vertices.amax(dim=0)

@@ -61,20 +61,20 @@ class ImplicitVolume(BaseImplicitGeometry):
     def configure(self) -> None:
         super().configure()
         if self.cfg.n_input_dims != 3:
-            raise ConfigError(f"geometry.n_input_dims must be 3, got {self.cfg.n_input_dims}.")
+            raise ConfigError(f"{self.config_path}.n_input_dims must be 3, got {self.cfg.n_input_dims}.")
         if self.cfg.normal_type not in NORMAL_TYPES:
             raise ConfigError(
-                f"geometry.normal_type '{self.cfg.normal_type}' is unknown; choose from {NORMAL_TYPES}."
+                f"{self.config_path}.normal_type '{self.cfg.normal_type}' is unknown; choose from {NORMAL_TYPES}."
             )
         bias = self.cfg.density_bias
         if not (bias in DENSITY_BIASES or (isinstance(bias, (int, float)) and not isinstance(bias, bool))):
             raise ConfigError(
-                f"geometry.density_bias must be 'blob_magic3d', 'blob_dreamfusion' or a number, got {bias!r}."
+                f"{self.config_path}.density_bias must be 'blob_magic3d', 'blob_dreamfusion' or a number, got {bias!r}."
             )
         try:
             self.density_act = get_activation(self.cfg.density_activation)
         except ValueError as e:
-            raise ConfigError(f"geometry.density_activation: {e}") from None
+            raise ConfigError(f"{self.config_path}.density_activation: {e}") from None
         try:
             self.encoding = get_encoding(self.cfg.n_input_dims, self.cfg.pos_encoding_config)
             self.density_network = get_mlp(self.encoding.n_output_dims, 1, self.cfg.mlp_network_config)
@@ -85,7 +85,7 @@ class ImplicitVolume(BaseImplicitGeometry):
             if self.cfg.normal_type == "pred":
                 self.normal_network = get_mlp(self.encoding.n_output_dims, 3, self.cfg.mlp_network_config)
         except (ValueError, TypeError) as e:
-            raise ConfigError(f"geometry: {e}") from None
+            raise ConfigError(f"{self.config_path}: {e}") from None
 
     # ------------------------------------------------------------------ field
     def density_bias(self, points: torch.Tensor) -> torch.Tensor | float:
@@ -110,7 +110,7 @@ class ImplicitVolume(BaseImplicitGeometry):
         if points.shape[-1] != self.cfg.n_input_dims:
             raise ValueError(f"Expected points of shape (..., {self.cfg.n_input_dims}), got {tuple(points.shape)}.")
         if output_normal and self.cfg.normal_type is None:
-            raise ValueError("Normals were requested but geometry.normal_type is null; set it (e.g. 'analytic').")
+            raise ValueError(f"Normals were requested but {self.config_path}.normal_type is null; set it (e.g. 'analytic').")
         analytic = output_normal and self.cfg.normal_type == "analytic"
         grad_enabled = torch.is_grad_enabled()
         with torch.set_grad_enabled(grad_enabled or analytic):

@@ -69,8 +69,8 @@ def marching_cubes(volume: torch.Tensor, threshold: float, bbox: torch.Tensor) -
     verts, faces = mcubes.marching_cubes(volume.detach().cpu().numpy().astype(np.float64), float(threshold))
     bbox = bbox.detach().cpu().to(torch.float64)
     vertices = torch.from_numpy(verts) / torch.from_numpy(res - 1) * (bbox[1] - bbox[0]) + bbox[0]
-    # PyMCubes orients triangles towards the larger values; flip so normals point outwards
-    faces_t = torch.from_numpy(faces.astype(np.int64))[:, [0, 2, 1]]
+    # PyMCubes winds triangles counter-clockwise seen from the low side: normals point outwards
+    faces_t = torch.from_numpy(faces.astype(np.int64))
     return IsosurfaceMesh(vertices.to(torch.float32), faces_t, {"bbox": bbox.to(torch.float32)})
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -18,6 +18,11 @@ class BaseMaterial(BaseModule):
     # renderers ask the geometry for normals only when the material needs them
     requires_normal: bool = False
     requires_tangent: bool = False
+
+    def __init__(self, cfg: Any = None, *args: Any, config_path: Optional[str] = None, **kwargs: Any) -> None:
+        # kept so that configure() can name keys as the user wrote them (e.g. system.material.color_activation)
+        self.config_path = config_path or "material"
+        super().__init__(cfg, *args, config_path=config_path, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         raise NotImplementedError

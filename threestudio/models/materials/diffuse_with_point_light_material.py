@@ -44,7 +44,7 @@ class DiffuseWithPointLightMaterial(BaseMaterial):
         try:
             self.albedo_act = get_activation(self.cfg.albedo_activation)
         except ValueError as e:
-            raise ConfigError(f"material.albedo_activation: {e}") from None
+            raise ConfigError(f"{self.config_path}.albedo_activation: {e}") from None
         self.register_buffer("ambient_light_color", torch.tensor(self.cfg.ambient_light_color, dtype=torch.float32))
         self.register_buffer("diffuse_light_color", torch.tensor(self.cfg.diffuse_light_color, dtype=torch.float32))
         self.ambient_only = False

@@ -33,13 +33,13 @@ class NeuralRadianceMaterial(BaseMaterial):
             self.network = get_mlp(self.n_input_dims, 3, self.cfg.mlp_network_config)
             self.color_act = get_activation(self.cfg.color_activation)
         except (ValueError, TypeError) as e:
-            raise ConfigError(f"material: {e}") from None
+            raise ConfigError(f"{self.config_path}: {e}") from None
 
     def forward(self, features: torch.Tensor, viewdirs: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         if features.shape[-1] != self.cfg.input_feature_dims:
             raise ValueError(
                 f"neural-radiance-material expects {self.cfg.input_feature_dims} feature channels "
-                f"(material.input_feature_dims), got {features.shape[-1]}."
+                f"({self.config_path}.input_feature_dims), got {features.shape[-1]}."
             )
         # unit view directions (-1, 1) -> (0, 1), the encodings' input range
         dirs = (viewdirs.reshape(-1, 3) + 1.0) / 2.0

@@ -31,7 +31,7 @@ class NoMaterial(BaseMaterial):
         try:
             self.color_act = get_activation(self.cfg.color_activation)
         except ValueError as e:
-            raise ConfigError(f"material.color_activation: {e}") from None
+            raise ConfigError(f"{self.config_path}.color_activation: {e}") from None
         self.use_network = self.cfg.input_feature_dims is not None and self.cfg.mlp_network_config is not None
         if self.use_network:
             self.network = get_mlp(self.cfg.input_feature_dims, self.cfg.n_output_dims, self.cfg.mlp_network_config)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Optional, Callable
 
 import torch
 
@@ -24,6 +24,11 @@ class Renderer(BaseModule):
         radius: float = 1.0
 
     cfg: Config
+
+    def __init__(self, cfg: Any = None, *args: Any, config_path: Optional[str] = None, **kwargs: Any) -> None:
+        # kept so that configure() can name keys as the user wrote them (e.g. system.renderer.radius)
+        self.config_path = config_path or "renderer"
+        super().__init__(cfg, *args, config_path=config_path, **kwargs)
 
     def configure(self, geometry: Any, material: Any, background: Any) -> None:
         self.sub_modules = _SubModules(geometry, material, background)

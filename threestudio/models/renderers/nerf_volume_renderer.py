@@ -70,20 +70,20 @@ class NeRFVolumeRenderer(VolumeRenderer):
         super().configure(geometry, material, background)
         if self.cfg.estimator != "occgrid":
             raise ConfigError(
-                f"renderer.estimator '{self.cfg.estimator}' is not supported; use 'occgrid'."
+                f"{self.config_path}.estimator '{self.cfg.estimator}' is not supported; use 'occgrid'."
             )
         if self.cfg.estimator_backend not in ESTIMATOR_BACKENDS:
             raise ConfigError(
-                f"renderer.estimator_backend must be one of {ESTIMATOR_BACKENDS}, got '{self.cfg.estimator_backend}'."
+                f"{self.config_path}.estimator_backend must be one of {ESTIMATOR_BACKENDS}, got '{self.cfg.estimator_backend}'."
             )
         if self.cfg.num_samples_per_ray <= 0:
-            raise ConfigError(f"renderer.num_samples_per_ray must be positive, got {self.cfg.num_samples_per_ray}.")
+            raise ConfigError(f"{self.config_path}.num_samples_per_ray must be positive, got {self.cfg.num_samples_per_ray}.")
         roi = self.bbox.view(-1)
         backend = self.cfg.estimator_backend
         if backend == "auto":
             backend = "nerfacc" if nerfacc_available() else "torch"
         elif backend == "nerfacc" and not nerfacc_available():
-            raise ConfigError("renderer.estimator_backend='nerfacc' needs CUDA and the nerfacc package.")
+            raise ConfigError(f"{self.config_path}.estimator_backend='nerfacc' needs CUDA and the nerfacc package.")
         self.estimator_backend = backend
         self.estimator: nn.Module
         if backend == "nerfacc":
@@ -95,7 +95,7 @@ class NeRFVolumeRenderer(VolumeRenderer):
             try:
                 self.estimator = OccupancyGridEstimator(roi, self.cfg.occ_grid_resolution, self.cfg.occ_grid_levels)
             except ValueError as e:
-                raise ConfigError(f"renderer: {e}") from None
+                raise ConfigError(f"{self.config_path}: {e}") from None
         if not self.cfg.grid_prune:
             self.estimator.occs.fill_(1.0)
             self.estimator.binaries.fill_(True)

@@ -16,12 +16,13 @@ them are enumerated with `repeat_interleave`.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 
-from threestudio.models.renderers.volume_rendering import ray_aabb_intersect, render_visibility_from_density
+from threestudio.models.renderers.volume_rendering import ray_aabb_intersect, ray_starts, render_weight_from_density
 
 Samples = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -185,10 +186,47 @@ class OccupancyGridEstimator(nn.Module):
 
         if sigma_fn is not None and (alpha_thre > 0.0 or early_stop_eps > 0.0):
             alpha_thre = min(alpha_thre, float(self.occs.mean()))
-            sigmas = sigma_fn(t_starts, t_ends, ray_indices).reshape(-1)
-            if sigmas.shape != t_starts.shape:
-                raise ValueError(f"sigma_fn must return one density per sample, got shape {tuple(sigmas.shape)}.")
-            keep = render_visibility_from_density(t_starts, t_ends, sigmas, ray_indices, n_rays,
-                                                  early_stop_eps=early_stop_eps, alpha_thre=alpha_thre)
+            keep = self._visible_samples(sigma_fn, ray_indices, t_starts, t_ends, n_rays, early_stop_eps, alpha_thre)
             ray_indices, t_starts, t_ends = ray_indices[keep], t_starts[keep], t_ends[keep]
         return ray_indices, t_starts, t_ends
+
+    @staticmethod
+    def _visible_samples(sigma_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                         ray_indices: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.Tensor, n_rays: int,
+                         early_stop_eps: float, alpha_thre: float, first_round: int = 16) -> torch.Tensor:
+        """Mask of the samples with transmittance >= early_stop_eps and alpha >= alpha_thre.
+
+        Densities are evaluated front to back in rounds (the first `first_round` samples of every
+        ray, then twice as many, ...), and rays that became opaque are not evaluated further: the
+        samples skipped that way would have failed the transmittance test anyway, so the mask is
+        the one a full evaluation gives, at a fraction of the cost for opaque objects.
+        """
+        total = t_starts.numel()
+        device = t_starts.device
+        starts, _ = ray_starts(ray_indices, n_rays)
+        local = torch.arange(total, device=device) - starts[ray_indices]
+        sorted_local, order = torch.sort(local, stable=True)
+        sigmas = torch.zeros(total, dtype=t_starts.dtype, device=device)
+        evaluated = torch.zeros(total, dtype=torch.bool, device=device)
+        optical_depth = torch.zeros(n_rays, dtype=torch.float64, device=device)
+        max_depth = -math.log(early_stop_eps) if early_stop_eps > 0 else math.inf
+        lo, size = 0, first_round
+        max_local = int(sorted_local[-1]) + 1
+        while lo < max_local:
+            a, b = torch.searchsorted(sorted_local, torch.tensor([lo, lo + size], device=device)).tolist()
+            sel = order[a:b]
+            sel = sel[optical_depth[ray_indices[sel]] <= max_depth]
+            if sel.numel() == 0:
+                break
+            sig = sigma_fn(t_starts[sel], t_ends[sel], ray_indices[sel]).reshape(-1)
+            if sig.shape != sel.shape:
+                raise ValueError(f"sigma_fn must return one density per sample, got shape {tuple(sig.shape)}.")
+            sigmas[sel] = sig.to(sigmas.dtype)
+            evaluated[sel] = True
+            optical_depth.index_add_(0, ray_indices[sel], (sig * (t_ends[sel] - t_starts[sel])).to(torch.float64))
+            lo, size = lo + size, size * 2
+        _, trans, alphas = render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, n_rays)
+        keep = evaluated & (trans >= early_stop_eps)
+        if alpha_thre > 0:
+            keep &= alphas >= alpha_thre
+        return keep
