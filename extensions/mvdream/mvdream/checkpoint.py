@@ -106,11 +106,15 @@ def check_mvdream_layout(state_dict: StateDict, source: str = "checkpoint", requ
     """Raise a clear error unless `state_dict` is an original-layout MVDream (or, without camera, plain SD) checkpoint."""
     keys = state_dict.keys()
     has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
-    if has("conditioner.embedders.") or any(".time_stack." in k or ".time_mixer." in k for k in keys):
-        family = "a Stable Video Diffusion / SV3D (generative-models)" if has(UNET_PREFIX) else "a generative-models"
+    if any(".time_stack." in k or ".time_mixer." in k for k in keys):
         raise MVDreamCheckpointError(
-            f"{source} is {family} checkpoint (it has 'conditioner.embedders.*' / temporal layers), not MVDream. "
-            "Load it with the sv3d package (SV3DPipeline.from_single_file) instead."
+            f"{source} is a Stable Video Diffusion / SV3D checkpoint (generative-models layout with temporal "
+            "layers), not MVDream. Load it with the sv3d package (SV3DPipeline.from_single_file) instead."
+        )
+    if has("conditioner.embedders."):
+        raise MVDreamCheckpointError(
+            f"{source} is a generative-models checkpoint (SDXL / SVD family: 'conditioner.embedders.*'), not "
+            "MVDream, whose text encoder lives under 'cond_stage_model.*'."
         )
     if not has(UNET_PREFIX):
         if any(k.startswith(("down_blocks.", "up_blocks.", "conv_in.")) for k in keys):

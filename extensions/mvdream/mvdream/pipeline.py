@@ -31,7 +31,7 @@ class MVDreamPipelineOutput(BaseOutput):
     images: Union[List[Any], np.ndarray, torch.Tensor]
 
 
-def _instantiate(factory: Callable[[], torch.nn.Module], state: Dict[str, torch.Tensor], dtype: torch.dtype) -> torch.nn.Module:
+def build_from_state(factory: Callable[[], torch.nn.Module], state: Dict[str, torch.Tensor], dtype: torch.dtype) -> torch.nn.Module:
     """Build a model without random init (meta device) and adopt the converted tensors; strict: all must match."""
     with torch.device("meta"):
         model = factory()
@@ -93,8 +93,8 @@ class MVDreamPipeline(DiffusionPipeline):
     @classmethod
     def from_converted(cls, converted: ConvertedCheckpoint, torch_dtype: torch.dtype = torch.float32) -> "MVDreamPipeline":
         """Assemble the pipeline from `convert.convert_checkpoint` output."""
-        unet = _instantiate(lambda: MultiViewUNet2DConditionModel(**converted.unet_config), converted.unet_state, torch_dtype)
-        vae = _instantiate(lambda: AutoencoderKL(**converted.vae_config), converted.vae_state, torch_dtype)
+        unet = build_from_state(lambda: MultiViewUNet2DConditionModel(**converted.unet_config), converted.unet_state, torch_dtype)
+        vae = build_from_state(lambda: AutoencoderKL(**converted.vae_config), converted.vae_state, torch_dtype)
         spec = converted.text_spec
         text_config = CLIPTextConfig(
             vocab_size=spec["vocab_size"],
@@ -116,7 +116,7 @@ class MVDreamPipeline(DiffusionPipeline):
             flattened = not hasattr(CLIPTextModel(text_config), "text_model")
         if flattened:  # transformers >= 5.6 has no '.text_model' wrapper
             text_state = {k.removeprefix("text_model."): v for k, v in text_state.items()}
-        text_encoder = _instantiate(lambda: CLIPTextModel(text_config), text_state, torch_dtype)
+        text_encoder = build_from_state(lambda: CLIPTextModel(text_config), text_state, torch_dtype)
         tokenizer = load_clip_tokenizer(model_max_length=spec["max_length"])
         scheduler = make_scheduler(converted.schedule)
         return cls(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)

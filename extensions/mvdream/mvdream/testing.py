@@ -261,7 +261,7 @@ def original_shapes(spec: OriginalSpec = OriginalSpec()) -> Dict[str, Shape]:
     return shapes
 
 
-def _random_value(key: str, shape: Shape, gen: torch.Generator) -> torch.Tensor:
+def random_value(key: str, shape: Shape, gen: torch.Generator) -> torch.Tensor:
     if key.endswith("position_ids"):
         return torch.arange(shape[-1]).reshape(shape)
     if key.endswith("logit_scale"):
@@ -283,7 +283,7 @@ def original_state_dict(spec: OriginalSpec = OriginalSpec(), seed: int = 0, devi
     if str(device) == "meta":
         return {k: torch.empty(shape, device="meta") for k, shape in original_shapes(spec).items()}
     gen = torch.Generator().manual_seed(seed)
-    state = {k: _random_value(k, shape, gen) for k, shape in original_shapes(spec).items() if k not in _SCHEDULE_KEYS}
+    state = {k: random_value(k, shape, gen) for k, shape in original_shapes(spec).items() if k not in _SCHEDULE_KEYS}
     state.update(schedule_buffers(spec))
     return state
 
