@@ -29,6 +29,7 @@ def translate(argv=None) -> list:
     p.add_argument("--decoding_t", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--image_frame_ratio", type=float, default=None)
+    p.add_argument("--image_size", type=int, default=None, help="(extension) side of the SV3D input, default 576")
     a = p.parse_args(argv)
     version = os.path.splitext(os.path.basename(a.config))[0]
     if version not in VERSIONS:
@@ -37,7 +38,8 @@ def translate(argv=None) -> list:
     out = ["--version", version, "--config", config, "--checkpoint", a.ckpt, "--image", a.image,
            "--output_dir", a.output_folder or os.path.join("outputs", "simple_video_sample", version)]
     for flag, value in (("--steps", a.num_steps), ("--num_frames", a.num_frames), ("--seed", a.seed),
-                        ("--decoding_t", a.decoding_t), ("--device", a.device), ("--image_frame_ratio", a.image_frame_ratio)):
+                        ("--decoding_t", a.decoding_t), ("--device", a.device), ("--image_frame_ratio", a.image_frame_ratio),
+                        ("--image_size", a.image_size)):
         if value is not None:
             out += [flag, str(value)]
     if a.elevations_deg:
