@@ -65,6 +65,22 @@ def resolve_threshold(grid: np.ndarray, threshold: Union[float, str]) -> float:
     return float(threshold)
 
 
+def fill_cavities(grid: np.ndarray, threshold: float) -> np.ndarray:
+    """Raise enclosed empty pockets (not connected to the box boundary) above `threshold`. A NeRF's interior
+    is never seen by any ray, so its density there is arbitrary; pockets would become inner surfaces."""
+    from scipy.ndimage import binary_fill_holes
+
+    inside = grid > threshold
+    filled = binary_fill_holes(inside)
+    cavities = filled & ~inside
+    if not cavities.any():
+        return grid
+    logger.info("filled %d enclosed empty voxels", int(cavities.sum()))
+    out = grid.copy()
+    out[cavities] = max(2.0 * abs(threshold), threshold + 1.0)
+    return out
+
+
 def marching_cubes(grid: np.ndarray, threshold: float, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """Isosurface of `grid` (values > threshold are inside) in world coordinates, outward-facing triangles.
     The grid is padded with empty space, so the surface is closed even where the object touches the box."""

@@ -14,6 +14,7 @@ import threestudio
 from threestudio.models.exporters.isosurface import (
     ExportError,
     decimate,
+    fill_cavities,
     marching_cubes,
     remove_floaters,
     resolve_threshold,
@@ -54,6 +55,8 @@ class MeshExporter(BaseObject):
         # world box half-size; null: the geometry's radius
         radius: Optional[float] = None
         chunk: int = 262144
+        # fill empty pockets enclosed by the object (they would give inner surfaces)
+        fill_cavities: bool = True
         # drop connected components with less than this fraction of the largest component's area
         remove_floaters: bool = True
         floater_min_fraction: float = 0.05
@@ -100,12 +103,16 @@ class MeshExporter(BaseObject):
         """Vertices (V,3) and outward-facing faces (F,3) of the cleaned, decimated isosurface."""
         grid = self.density_grid()
         threshold = resolve_threshold(grid, self.threshold_setting())
+        if self.cfg.fill_cavities:
+            grid = fill_cavities(grid, threshold)
         vertices, faces = marching_cubes(grid, threshold, self.radius())
         logger.info("marching cubes at %.4g: %d vertices, %d faces", threshold, len(vertices), len(faces))
         if self.cfg.remove_floaters:
             vertices, faces = remove_floaters(vertices, faces, self.cfg.floater_min_fraction)
         if self.cfg.decimate_target_faces:
             vertices, faces = decimate(vertices, faces, self.cfg.decimate_target_faces)
+            if self.cfg.remove_floaters:  # decimation can leave a few detached slivers
+                vertices, faces = remove_floaters(vertices, faces, self.cfg.floater_min_fraction)
         return vertices, faces
 
     def bake_texture(self, uv: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
