@@ -181,3 +181,31 @@ def unet_config_from_state_dict(
         "addition_time_embed_dims": tuple(int(w) for w in widths),
         "num_frames": int(num_frames),
     }
+
+
+def unet_config_from_network_params(
+    params: Mapping, added_id_widths: Sequence[int], num_frames: int = 21
+) -> Dict[str, object]:
+    """SV3DUNet config from the sgm YAML alone (no checkpoint): for building a randomly initialised model."""
+    mc = int(params["model_channels"])
+    mult = list(params["channel_mult"])
+    attn_res = set(int(r) for r in params.get("attention_resolutions", []))
+    attn = [2**lvl in attn_res for lvl in range(len(mult))]
+    channels = tuple(mc * m for m in mult)
+    head_channels = int(params.get("num_head_channels", 64))
+    widths = [int(w) for w in added_id_widths]
+    return {
+        "in_channels": int(params.get("in_channels", 8)),
+        "out_channels": int(params.get("out_channels", 4)),
+        "down_block_types": tuple("CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal" for a in attn),
+        "up_block_types": tuple("CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal" for a in reversed(attn)),
+        "block_out_channels": channels,
+        "layers_per_block": int(params.get("num_res_blocks", 2)),
+        "cross_attention_dim": int(params.get("context_dim", 1024)),
+        "transformer_layers_per_block": int(params.get("transformer_depth", 1)),
+        "num_attention_heads": tuple(max(1, c // head_channels) for c in channels),
+        "addition_time_embed_dim": widths[0],
+        "projection_class_embeddings_input_dim": int(params.get("adm_in_channels", sum(widths))),
+        "addition_time_embed_dims": tuple(widths),
+        "num_frames": int(num_frames),
+    }
