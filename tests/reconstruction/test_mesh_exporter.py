@@ -1,0 +1,132 @@
+"""mesh-exporter on analytic fields: watertight isosurface, baked colours, GLB round trip, clear errors."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from threestudio.models.exporters.isosurface import ExportError, fill_cavities, marching_cubes, otsu_threshold
+from threestudio.models.exporters.mesh_io import Z_UP_TO_Y_UP
+from threestudio.models.exporters.texture_baking import fill_empty_texels, rasterize_uv_numpy, sample_texture
+from threestudio.utils.base import build_module
+
+from reconstruction_test_helpers import IdentityMaterial, SphereField
+
+RES = 48
+VOXEL = 2.0 / (RES - 1)
+
+
+def exporter(geometry=None, **cfg):
+    base = {"isosurface_resolution": RES, "texture_size": 256, "decimate_target_faces": None}
+    base.update(cfg)
+    return build_module("mesh-exporter", base, "system.exporter", geometry=geometry or SphereField(),
+                        material=IdentityMaterial())
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("export"))
+    files = exporter(save_vertex_color_ply=True)(out)
+    assert sorted(os.path.basename(f) for f in files) == sorted(
+        ["model.obj", "model.mtl", "texture_kd.png", "model.glb", "model_vertex_color.ply"])
+    return out
+
+
+def test_sphere_isosurface_is_watertight_with_subvoxel_radius_error(exported):
+    mesh = trimesh.load(os.path.join(exported, "model.obj"), process=False)
+    mesh.merge_vertices(merge_tex=True, merge_norm=True)  # join the copies made along UV seams
+    assert mesh.is_watertight and mesh.volume > 0  # closed, outward-facing
+    expected = SphereField().iso_radius(25.0)
+    radius_error = np.abs(np.linalg.norm(mesh.vertices, axis=-1) - expected)
+    assert radius_error.max() < VOXEL
+    assert radius_error.max() > 1e-5  # the test can fail: vertices are really checked
+
+
+def test_baked_texture_reproduces_the_colour_field(exported):
+    mesh = trimesh.load(os.path.join(exported, "model.obj"), process=False)
+    texture = np.asarray(mesh.visual.material.image.convert("RGB"), dtype=np.float64) / 255.0
+    points, faces = trimesh.sample.sample_surface(mesh, 5000, seed=0)
+    bary = trimesh.triangles.points_to_barycentric(mesh.triangles[faces], points)
+    uv = np.einsum("nk,nkc->nc", bary, mesh.visual.uv[mesh.faces[faces]])
+    baked = sample_texture(texture, uv)
+    truth = SphereField.color(torch.as_tensor(points)).numpy()
+    assert np.abs(baked - truth).mean() < 0.01
+    assert np.abs(baked - truth).max() < 0.05
+
+
+def test_glb_round_trips_through_trimesh(exported):
+    obj = trimesh.load(os.path.join(exported, "model.obj"), process=False)
+    glb = trimesh.load(os.path.join(exported, "model.glb"), force="mesh", process=False)
+    assert len(glb.faces) == len(obj.faces)
+    # written y-up; rotate back into the z-up world
+    back = trimesh.transform_points(glb.vertices, np.linalg.inv(Z_UP_TO_Y_UP))
+    np.testing.assert_allclose(back, obj.vertices, atol=1e-5)
+    texture = np.asarray(glb.visual.material.baseColorTexture.convert("RGB"), dtype=np.float64) / 255.0
+    colors = sample_texture(texture, np.asarray(glb.visual.uv))
+    truth = SphereField.color(torch.as_tensor(back)).numpy()
+    assert np.abs(colors - truth).mean() < 0.01
+
+
+def test_vertex_color_ply(exported):
+    ply = trimesh.load(os.path.join(exported, "model_vertex_color.ply"), process=False)
+    colors = ply.visual.vertex_colors[:, :3] / 255.0
+    truth = SphereField.color(torch.as_tensor(np.asarray(ply.vertices))).numpy()
+    assert np.abs(colors - truth).max() < 0.01
+
+
+def test_empty_isosurface_gives_a_clear_error(tmp_path):
+    with pytest.raises(ExportError, match=r"Empty isosurface.*never crosses isosurface_threshold=500"):
+        exporter(isosurface_threshold=500.0)(str(tmp_path))
+    assert not os.path.exists(tmp_path / "model.obj")
+
+
+def test_auto_threshold_and_decimation(tmp_path):
+    pytest.importorskip("fast_simplification")
+    grid = np.zeros((8, 8, 8), np.float32)
+    grid[2:6, 2:6, 2:6] = 200.0
+    assert 0.0 < otsu_threshold(grid) < 200.0
+    ex = exporter(isosurface_threshold="auto", decimate_target_faces=500)
+    vertices, faces = ex.extract_mesh()
+    assert len(faces) <= 520
+    radius = np.linalg.norm(vertices, axis=-1)
+    assert np.abs(radius - 0.5).max() < 2 * VOXEL
+
+
+def test_cavities_are_filled_and_floaters_removed():
+    axis = np.linspace(-1, 1, RES)
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    r = np.sqrt(x ** 2 + y ** 2 + z ** 2)
+    shell = ((r < 0.6) & (r > 0.3)).astype(np.float32) * 100  # hollow ball
+    floater = (np.sqrt((x - 0.8) ** 2 + y ** 2 + z ** 2) < 0.08).astype(np.float32) * 100
+    grid = shell + floater
+    from threestudio.models.exporters.isosurface import remove_floaters
+
+    v, f = marching_cubes(grid, 50.0, 1.0)
+    assert trimesh.Trimesh(v, f).body_count == 3  # outer, inner shell, floater
+    v, f = marching_cubes(fill_cavities(grid, 50.0), 50.0, 1.0)
+    assert trimesh.Trimesh(v, f).body_count == 2
+    v, f = remove_floaters(v, f, 0.05)
+    mesh = trimesh.Trimesh(v, f)
+    assert mesh.body_count == 1 and np.linalg.norm(v, axis=-1).max() < 0.6 + VOXEL
+
+
+def test_uv_rasteriser_covers_and_interpolates():
+    # two triangles covering the whole UV square: every texel is covered, barycentrics reproduce its centre
+    uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=np.float64)
+    faces = np.array([[0, 1, 2], [0, 2, 3]])
+    size = 16
+    face_index, bary = rasterize_uv_numpy(uv, faces, size)
+    assert (face_index >= 0).all()
+    interp = np.einsum("hwk,hwkc->hwc", bary, uv[faces[face_index]])
+    rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    np.testing.assert_allclose(interp[..., 0], (cols + 0.5) / size, atol=1e-6)
+    np.testing.assert_allclose(interp[..., 1], 1 - (rows + 0.5) / size, atol=1e-6)
+    # a small triangle leaves texels empty; filling copies the nearest covered colour
+    face_index, _ = rasterize_uv_numpy(uv[[0, 1, 3]] * 0.5, np.array([[0, 1, 2]]), size)
+    covered = face_index >= 0
+    assert 0 < covered.sum() < size * size
+    texture = np.where(covered[..., None], 1.0, 0.0)
+    assert (fill_empty_texels(texture, covered) == 1.0).all()
