@@ -142,6 +142,11 @@ def spec_from_config(cfg: Union[str, os.PathLike, DictConfig, Mapping], version:
     )
     if not spec.version:
         spec.version = _version_name(spec.family, first_stage, xt=False)
+    if sampler is None and spec.version in VERSIONS:
+        # an inference YAML without sampler_config (e.g. configs/inference/svd.yaml): the version's recipe
+        shipped = spec_from_config(shipped_config_path(spec.version), spec.version)
+        spec.guider, spec.min_scale, spec.max_scale = shipped.guider, shipped.min_scale, shipped.max_scale
+        spec.sigma_max = shipped.sigma_max
     for k, v in _DEFAULTS.get(spec.version, _DEFAULTS[spec.family]).items():
         setattr(spec, k, v)
     return spec

@@ -127,3 +127,25 @@ def test_wrong_family_sd_layout_and_unknown_width(tmp_path):
 def test_config_of_other_family_is_refused(tiny_ckpts):
     with pytest.raises(ValueError, match="sv3d_u model but the config describes sv3d_p"):
         SV3DPipeline.from_single_file(tiny_ckpts["sv3d_u"], version="sv3d_p")
+
+
+@pytest.mark.parametrize("version,keys,widths,first,guider", [
+    ("sv3d_u", ["cond_aug"], [256], "decoder", ("triangle", 1.0, 2.5)),
+    ("sv3d_p", ["cond_aug", "polars_rad", "azimuths_rad"], [256, 512, 512], "decoder", ("triangle", 1.0, 2.5)),
+    ("svd", ["fps_id", "motion_bucket_id", "cond_aug"], [256, 256, 256], "temporal", ("linear", 1.0, 2.5)),
+    ("svd_xt_image_decoder", ["fps_id", "motion_bucket_id", "cond_aug"], [256] * 3, "autoencoder_kl", ("linear", 1.5, 3.0)),
+])
+def test_shipped_configs(version, keys, widths, first, guider, tmp_path):
+    from omegaconf import OmegaConf
+
+    from sv3d.config import shipped_config_path, spec_from_config
+
+    spec = spec_from_config(shipped_config_path(version))
+    assert (spec.version, spec.vector_keys, spec.vector_widths, spec.first_stage) == (version, keys, widths, first)
+    assert (spec.guider, spec.min_scale, spec.max_scale, spec.sigma_max) == (*guider, 700.0)
+    # an original inference YAML has no sampler_config: the version's recipe is used
+    cfg = OmegaConf.load(shipped_config_path(version))
+    del cfg.model.params["sampler_config"]
+    OmegaConf.save(cfg, tmp_path / f"{version}.yaml")
+    again = spec_from_config(str(tmp_path / f"{version}.yaml"))
+    assert (again.guider, again.min_scale, again.max_scale) == guider
