@@ -87,8 +87,8 @@ def main() -> None:
             gc.collect()
             torch.cuda.empty_cache()
     print(f"SV3D UNet ({args.version}), {params:.3f}B parameters, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    print(f"| device | dtype | videos | frames | latent | median s | min s | peak GB |")
-    print(f"|---|---|---|---|---|---|---|---|")
+    print("| device | dtype | videos | frames | latent | median s | min s | peak GB |")
+    print("|---|---|---|---|---|---|---|---|")
     for dev, dt, b, f, hw, med, mn, peak in rows:
         print(f"| {dev} | {dt} | {b} | {f} | {hw}x{hw} | {med:.3f} | {mn:.3f} | {peak} |")
 

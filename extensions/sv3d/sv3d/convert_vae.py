@@ -12,7 +12,7 @@ Which tensors build the pipeline's VAE (the same ones generative-models' samplin
 from __future__ import annotations
 
 import re
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional
 
 import torch
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
@@ -127,6 +127,3 @@ def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch
     """Sub-dict of the keys under `prefix`, with the prefix removed."""
     return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
-
-def keys_under(sd: Mapping[str, torch.Tensor], prefixes: Sequence[str]) -> set:
-    return {k for k in sd if any(k.startswith(p) for p in prefixes)}
