@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -20,8 +20,6 @@ from .ldm_config import OriginalConfig, load_original_config
 from .sampling import ddim_sample, make_scheduler
 from .tokenizer import load_clip_tokenizer, tokenize
 from .unet import MultiViewUNet2DConditionModel
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,7 +85,8 @@ class MVDreamPipeline(DiffusionPipeline):
         converted = convert_checkpoint(state, config)
         del state
         pipe = cls.from_converted(converted, torch_dtype=torch_dtype)
-        pipe.conversion = converted
+        # Keep the configs and the account of unused tensors, not the tensors (they would outlive a .to()).
+        pipe.conversion = dataclasses.replace(converted, unet_state={}, vae_state={}, text_state={})
         return pipe
 
     @classmethod

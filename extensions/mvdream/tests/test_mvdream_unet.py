@@ -8,6 +8,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
 from mvdream import MultiViewAttnProcessor, get_camera
+from mvdream.pipeline import build_from_state
 
 N_VIEWS = 4
 
@@ -45,9 +46,8 @@ def test_multiview_attention_mixes_views_of_one_object_only(tiny_pipe, inputs):
 def test_one_view_without_camera_is_plain_stable_diffusion(tiny_pipe, inputs):
     config = {k: v for k, v in tiny_pipe.unet.config.items() if not k.startswith("_")}
     config.update(class_embed_type=None, projection_class_embeddings_input_dim=None)
-    plain = UNet2DConditionModel(**config).eval()
     weights = {k: v for k, v in tiny_pipe.unet.state_dict().items() if not k.startswith("class_embedding.")}
-    plain.load_state_dict(weights, strict=True)
+    plain = build_from_state(lambda: UNet2DConditionModel(**config), weights, torch.float32)  # strict load
     kw = {k: inputs[k] for k in ("sample", "timestep", "encoder_hidden_states")}
     expected = _run(plain, **kw)
     assert torch.allclose(_run(tiny_pipe.unet, **kw, num_views=1), expected, atol=1e-5)
@@ -55,8 +55,7 @@ def test_one_view_without_camera_is_plain_stable_diffusion(tiny_pipe, inputs):
 
 def test_camera_is_diffusers_projection_class_embedding(tiny_pipe, inputs):
     config = {k: v for k, v in tiny_pipe.unet.config.items() if not k.startswith("_")}
-    reference = UNet2DConditionModel(**config).eval()
-    reference.load_state_dict(tiny_pipe.unet.state_dict(), strict=True)
+    reference = build_from_state(lambda: UNet2DConditionModel(**config), tiny_pipe.unet.state_dict(), torch.float32)
     kw = {k: inputs[k] for k in ("sample", "timestep", "encoder_hidden_states")}
     expected = _run(reference, **kw, class_labels=inputs["camera"])
     assert torch.allclose(_run(tiny_pipe.unet, **kw, camera=inputs["camera"], num_views=1), expected, atol=1e-5)
