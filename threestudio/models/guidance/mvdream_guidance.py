@@ -102,21 +102,14 @@ class MVDreamMultiviewDiffusionGuidance(BaseModule):
             raise ConfigError(f"guidance.recon_std_rescale must be in [0, 1], got {cfg.recon_std_rescale}.")
         if cfg.n_view < 1:
             raise ConfigError(f"guidance.n_view must be positive, got {cfg.n_view}.")
-        key = "system.guidance.pretrained_model_name_or_path"
-        path = cfg.pretrained_model_name_or_path
-        if path is None and cfg.ckpt_path is not None:
-            key, path = "system.guidance.ckpt_path", cfg.ckpt_path
-        path = resolve_mvdream_checkpoint(path, key)
-
         self.weights_dtype = (
             torch.float16 if torch.cuda.is_available() and cfg.half_precision_weights else torch.float32)
-        logger.info("Loading MVDream from %s (%s)", path, self.weights_dtype)
-        pipe = load_mvdream_pipeline(path, cfg.original_config, self.weights_dtype)
+        pipe = self.load_pipeline()
         if pipe.unet.camera_dim is None:
-            raise ValueError(f"'{path}' has no camera MLP: it is a plain Stable Diffusion model, not MVDream.")
+            raise ValueError("The checkpoint has no camera MLP: it is a plain Stable Diffusion model, not MVDream.")
         prediction = pipe.scheduler.config.prediction_type
         if prediction != "epsilon":
-            raise ValueError(f"MVDream guidance expects an eps-prediction model; '{path}' predicts '{prediction}'.")
+            raise ValueError(f"MVDream guidance expects an eps-prediction model; the checkpoint predicts '{prediction}'.")
         factor = pipe.vae_scale_factor
         if cfg.image_size % factor:
             raise ConfigError(f"guidance.image_size ({cfg.image_size}) must be a multiple of the VAE factor {factor}.")
@@ -133,6 +126,16 @@ class MVDreamMultiviewDiffusionGuidance(BaseModule):
             self.vae.enable_gradient_checkpointing()
         self.eval()
         self.update_step(0, 0)
+
+    def load_pipeline(self) -> Any:
+        """The MVDreamPipeline named by the config (only its unet, vae and scheduler are used)."""
+        key = "system.guidance.pretrained_model_name_or_path"
+        path = self.cfg.pretrained_model_name_or_path
+        if path is None and self.cfg.ckpt_path is not None:
+            key, path = "system.guidance.ckpt_path", self.cfg.ckpt_path
+        path = resolve_mvdream_checkpoint(path, key)
+        logger.info("Loading MVDream from %s (%s)", path, self.weights_dtype)
+        return load_mvdream_pipeline(path, self.cfg.original_config, self.weights_dtype)
 
     def train(self, mode: bool = True) -> "MVDreamMultiviewDiffusionGuidance":
         # a frozen prior: Lightning's model.train() must not switch it (dropout) to training mode
