@@ -14,7 +14,7 @@ EDM training weight of a v-prediction denoiser with σ_data = 1). The conditioni
 The frozen pipeline (UNet, VAE, CLIP image encoder) is kept out of the module tree, so it is neither trained,
 nor moved by Lightning, nor written to checkpoints; it is fp16 on CUDA (`half_precision_weights`), fp32 on CPU.
 Memory plan options (`grad_frames`, `vae_chunk_size`, `vae_checkpoint_chunks`, `vae_gradient_checkpointing`,
-`cfg_batched`, rendering below `image_size`) and their measured/estimated memory: README_SV3D.md next to this file.
+`cfg_batched`, rendering below `image_size`) and their measured/estimated memory: sv3d_memory.py's docstring.
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ class SV3DGuidance(BaseModule):
         weighting: str = "uniform"
         # clamp (z - D) elementwise to [-grad_clip, grad_clip] (schedulable); null: no clamp
         grad_clip: Any = None
-        # ---- memory plan (README_SV3D.md)
+        # ---- memory plan (sv3d_memory.py)
         grad_frames: int = 0  # K > 0: K random frames carry gradient, scaled by N/K; 0: all frames
         vae_chunk_size: int = 0  # frames per encoder call (0: all in one call)
         vae_checkpoint_chunks: bool = True  # recompute each chunk in backward (needs vae_chunk_size > 0)

@@ -1,19 +1,42 @@
-"""Memory plan pieces of the SV3D guidance: which orbit frames carry gradient, and VAE encoding with less memory.
+"""Memory plan of the SV3D guidance: which orbit frames carry gradient, and VAE encoding with less memory.
 
-A 21-frame SV3D SDS step keeps, for backpropagation, the activations of the VAE encoder of every frame that
-carries gradient (about 2.3 GB per 576² frame in fp32, 1.2 GB in fp16: see README_SV3D.md in this folder for
-the measured table). Three options cut this down; they combine:
+Options (config keys of `sv3d-guidance`, plus the data module's orbit render size); they combine:
+- `grad_frames = K`: only K random frames of the 21 carry gradient; the others are rendered and encoded without
+  autograd (the UNet still sees all 21 frames, which it needs). The K frames' gradient is scaled by N/K, so its
+  expectation over the random choice is the full gradient. Renderer and VAE memory ∝ K.
+- `vae_chunk_size = C` with `vae_checkpoint_chunks`: the gradient frames are encoded C at a time inside
+  `torch.utils.checkpoint`; between forward and backward only the chunk inputs are kept, and backward re-runs
+  the encoder one chunk at a time. VAE memory ∝ C; compute +1 encoder forward.
+- `vae_gradient_checkpointing`: diffusers' block-level checkpointing of the encoder; alone or with chunks.
+- `cfg_batched: false`: the unconditional and conditional UNet passes run one after the other (halves the
+  UNet's transient activations, same result).
+- Rendering below `image_size` (data.orbit_height/width): renders are upsampled before encoding; renderer
+  memory ∝ render pixels. A lower `image_size` (e.g. 256 -> 32² latents) shrinks VAE and UNet memory ∝ pixels,
+  but leaves SV3D's training resolution (576²).
 
-- `grad_frames = K`: only K random frames of the orbit carry gradient; the other frames are rendered and encoded
-  without autograd (the UNet still sees all 21 frames, which it needs). The K frames' gradient is scaled by N/K so
-  that its expectation over the random choice equals the full gradient. Memory ∝ K.
-- `vae_chunk_size = C` (with `vae_checkpoint_chunks`): the frames with gradient are encoded C at a time inside
-  `torch.utils.checkpoint`, so only each chunk's input is kept and the encoder is re-run per chunk in backward.
-  Memory ∝ C (peak during one chunk's recomputation), compute +1 encoder forward.
-- `vae_gradient_checkpointing`: diffusers' own block-level checkpointing of the encoder (`enable_gradient_checkpointing`).
-  Keeps block boundaries only; works with or without chunks.
-- Rendering at a lower resolution than `image_size` (the data module's `orbit_height/width`): the renders are
-  upsampled before encoding, so the renderer's own memory (rays × samples) shrinks with the square of the ratio.
+Measured figures (benchmarks/bench_sds_sv3d.py; "meta" = counted on the meta device, exact, no compute):
+- VAE encoder (full size), activations kept for backward per 576² frame: 4.06 GB fp32 / 2.15 GB fp16 (meta).
+  Every GroupNorm -> SiLU -> conv keeps three full-size tensors. With diffusers block checkpointing 0.27 / 0.14 GB
+  are kept, and re-running its largest block in backward needs 2.06 / 1.03 GB per frame (meta).
+  (DESIGN.md §6's "~0.4-0.5 GB per 576² frame" is lower than this measurement.)
+- Renderer (configs/sv3d-image-to-3d.yaml geometry: 16-level hash grid, analytic normals, fp32): 1.6 KB kept
+  per ray sample; 81 samples per ray on the initial density blob seen from distance 2 (CPU) -> 2.1 GB per
+  128² frame with gradient. The occupancy grid lowers the sample count as training empties space.
+- UNet, CFG batch (2 × 21 frames), no grad: 0.15 GB of live activations at 8² latents in fp32 (CPU).
+- Weights in fp16 on CUDA: UNet 3.05 GB, CLIP ViT-H 1.26 GB, VAE 0.17 GB (4.5 GB); CPU fp32: 8.9 GB RSS.
+
+Estimated for 21 frames at 576² (72² latents), fp16 prior, orbit rendered at 128² (from the figures above; UNet
+activations scaled ∝ latent pixels: 0.15 GB × 81 / 2 (fp16) ≈ 5.9 GB, 3 GB with cfg_batched false). The UNet runs
+in forward without grad and the VAE recompute in backward, so peak ≈ weights + renderer + max(VAE, UNet):
+
+  plan                                             VAE GB   renderer GB   peak GB (est.)
+  all 21 frames with grad, no checkpointing          45         44            ~95
+  grad_frames 8                                      17.2       16.8          ~39
+  grad_frames 8, vae_chunk_size 4 (the config)        8.6       16.8          ~30
+  grad_frames 8, chunk 4, vae_gradient_checkpointing  4.7       16.8          ~28
+  all 21 frames, chunk 4                              8.6       44            ~57
+  all 21 frames, chunk 4, orbit rendered at 64²       8.6       11            ~24
+  grad_frames 8, chunk 4, render 64²                  8.6        4.2          ~17
 """
 from __future__ import annotations
 
