@@ -3,7 +3,7 @@
     python extract_color_mesh.py outputs/<name>/<trial> [--resolution 256] [--threshold 30] [--n-views 16]
 
 Reads `<trial>/configs/parsed.yaml` and `<trial>/ckpts/last.ckpt`, samples the density on a resolution^3
-grid, runs marching cubes at `--threshold`, keeps the largest connected component, renders views around
+grid, runs marching cubes at `--threshold` (enclosed empty pockets filled), keeps the largest connected component, renders views around
 the object and gives each vertex the mean colour of the views that see it (a vertex counts as seen when
 its distance to the camera matches the rendered depth at its pixel: the occlusion test). Vertices no view
 sees get the field's own colour. Writes `<trial>/save/it{N}-mesh_color.ply` (or `--out`).
@@ -146,7 +146,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     import trimesh
 
-    from threestudio.models.exporters.isosurface import ExportError, marching_cubes, sample_density_grid
+    from threestudio.models.exporters.isosurface import ExportError, fill_cavities, marching_cubes, sample_density_grid
     from threestudio.models.exporters.mesh_exporter import query_albedo
     from threestudio.models.exporters.mesh_io import write_vertex_color_ply
 
@@ -159,7 +159,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     radius = float(getattr(geometry.cfg, "radius", 1.0))
     grid = sample_density_grid(geometry.forward_density, args.resolution, radius)
     try:
-        vertices, faces = marching_cubes(grid, args.threshold, radius)
+        # enclosed empty pockets (the never-seen interior) would become inner surfaces
+        vertices, faces = marching_cubes(fill_cavities(grid, args.threshold), args.threshold, radius)
     except ExportError as e:
         print(f"error: {e}".replace("system.exporter.isosurface_threshold", "--threshold"), file=sys.stderr)
         return 1

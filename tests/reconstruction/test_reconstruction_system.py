@@ -73,7 +73,7 @@ def test_main_job_end_to_end_tiny(tmp_path):
         "system.exporter.decimate_target_faces=2000", "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    env = dict(os.environ)
     result = subprocess.run([sys.executable, "launch.py", "--config", CONFIG, "--train", *overrides], cwd=REPO,
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
