@@ -169,8 +169,9 @@ class SV3DSystem(BaseLift3DSystem):
             frames = torch.from_numpy(np.stack([read_image(f)[..., :3] for f in files]))
         else:
             frames = self.guidance.sample_orbit(self.cfg.photometric_orbit_steps, self.cfg.photometric_orbit_seed)
-            frames = frames.permute(0, 2, 3, 1).float().cpu()
-            if self.trainer.is_global_zero:
+            # the 8-bit values the PNGs keep: a resumed run, which reads them back, fits the same targets
+            frames = torch.floor(frames.permute(0, 2, 3, 1).float().cpu().clamp(0, 1) * 255 + 0.5) / 255
+            if self._trainer is None or self.trainer.is_global_zero:
                 for i, frame in enumerate(frames):
                     self.save_image(f"sv3d_orbit/{i}.png", frame)
         masks = torch.from_numpy(np.stack([
