@@ -3,7 +3,6 @@
 The checkpoints come from `sv3d.tiny` (the sv3d package's test helper: released key layout, narrow sizes).
 """
 import math
-import os
 
 import numpy as np
 import pytest
@@ -240,3 +239,11 @@ def test_bad_inputs(assets, guidance_u, tmp_path):
     rgb.save(tmp_path / "rgb.png")
     with pytest.raises(ConfigError, match="RGBA"):
         make_guidance(assets, pipeline=guidance_u.pipe, cond_image_path=str(tmp_path / "rgb.png"))
+
+
+def test_sv3d_u_warns_about_other_orbits(guidance_u, caplog):
+    standard = torch.tensor([(i + 1) * 360.0 / N for i in range(N)]) % 360
+    guidance_u.camera_ids(None, standard)
+    assert "fixed orbit" not in caplog.text
+    guidance_u.camera_ids(None, standard + 7.0)
+    assert "fixed orbit" in caplog.text and "7.0" in caplog.text

@@ -187,6 +187,14 @@ class SV3DGuidance(BaseModule):
 
         n = self.cfg.num_frames
         polars = azimuths = None
+        if self.spec.family == "sv3d_u" and azimuth is not None and not getattr(self, "_warned_u", False):
+            standard = torch.as_tensor(orbit_azimuths_deg(n), dtype=torch.float32)
+            off = torch.remainder(azimuth.detach().float().cpu().reshape(-1) - standard + 180.0, 360.0) - 180.0
+            if off.abs().max() > 1e-3:
+                self._warned_u = True
+                logger.warning("sv3d_u knows only its fixed orbit (frame i at (i + 1)·360/%d° from the input view); "
+                               "the rendered orbit's azimuths differ by up to %.1f°: use sv3d_p for other cameras.",
+                               n, float(off.abs().max()))
         if self.spec.family == "sv3d_p":
             elev = [self.cfg.cond_elevation_deg] * n if elevation is None else [float(e) for e in elevation.reshape(-1)]
             az = list(orbit_azimuths_deg(n)) if azimuth is None else [float(a) for a in azimuth.reshape(-1)]
