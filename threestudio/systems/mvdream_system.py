@@ -1,6 +1,7 @@
 """`mvdream-system`: text-to-3D with the MVDream multiview prior (x0-SDS), as in MVDream-threestudio."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -116,6 +117,8 @@ class MVDreamSystem(BaseLift3DSystem):
 
     def on_fit_start(self) -> None:
         self.build_prior()
+        # the frozen prior is in eval mode on purpose; Lightning would warn about each of its modules
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
     def on_fit_end(self) -> None:
         # testing and exporting after training do not need the prior's memory
