@@ -98,6 +98,20 @@ class CompositeEncoding(nn.Module, Updateable):
             return enc
         return torch.cat([x * self.xyz_scale + self.xyz_offset, enc], dim=-1)
 
+    def position_vjp(self, x: torch.Tensor, grad_enc: torch.Tensor) -> torch.Tensor:
+        """sum_j grad_enc[:, j] * d out_j / d x (N, 3), differentiable (see HashGridEncoding.position_vjp)."""
+        xyz = 0
+        if self.include_xyz:
+            n = self.encoding.n_input_dims
+            xyz, grad_enc = grad_enc[:, :n] * self.xyz_scale, grad_enc[:, n:]
+        inner = getattr(self.encoding, "position_vjp", None)
+        if inner is not None:
+            return inner(x, grad_enc) + xyz
+        with torch.enable_grad():
+            x_leaf = x if x.requires_grad else x.detach().requires_grad_(True)
+            grad = torch.autograd.grad(self.encoding(x_leaf), x_leaf, grad_enc, create_graph=True)[0]
+        return grad + xyz
+
 
 class TCNNEncoding(nn.Module):
     """A tinycudann encoding other than the grid (e.g. SphericalHarmonics on CUDA)."""

@@ -13,7 +13,7 @@ a CUDA tensor the non-tcnn backends use the reference.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -85,6 +85,12 @@ class GridTable(nn.Module):
             return hash_grid_cpu.hash_grid_fused_cpu(x, self.params, lib, self._meta)
         return hash_grid_reference(x.to(torch.float32), self.params, self.layout)
 
+    def position_vjp(self, x: torch.Tensor, grad_enc: torch.Tensor) -> Optional[torch.Tensor]:
+        """The fused kernel's sum_j grad_enc[:, j] d enc_j / dx (differentiable); None on other backends."""
+        if self.active_backend(x) != "cpu_fused":
+            return None
+        return hash_grid_cpu.hash_grid_position_vjp(x, grad_enc, self.params, hash_grid_cpu.load_kernel(), self._meta)
+
 
 class HashGridEncoding(nn.Module, Updateable):
     """tcnn-style grid encoding: inputs (N, 3) in [0, 1], outputs (N, n_levels * F).
@@ -143,6 +149,24 @@ class HashGridEncoding(nn.Module, Updateable):
         if self.progressive:
             enc = enc * self.mask.to(enc.device)
         return enc
+
+    def position_vjp(self, x: torch.Tensor, grad_enc: torch.Tensor) -> torch.Tensor:
+        """sum_j grad_enc[:, j] * d enc_j / d x, shape (N, 3), differentiable in grad_enc, x and the table.
+
+        The position part of a backward pass without the table gradient: analytic normals need
+        exactly this (and its derivatives), and skipping the tens-of-MB table gradient that a
+        plain `autograd.grad` through the encoding would also compute halves their cost.
+        """
+        if self.progressive:
+            grad_enc = grad_enc * self.mask.to(grad_enc.device)
+        if self.backend != "tcnn":
+            fused = self.encoding.position_vjp(x, grad_enc)
+            if fused is not None:
+                return fused
+        with torch.enable_grad():
+            x_leaf = x if x.requires_grad else x.detach().requires_grad_(True)
+            enc = self.encoding(x_leaf).float()
+            return torch.autograd.grad(enc, x_leaf, grad_enc, create_graph=True)[0]
 
     def do_update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         if not self.progressive:

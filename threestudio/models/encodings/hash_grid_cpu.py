@@ -268,3 +268,12 @@ def hash_grid_fused_cpu(x: torch.Tensor, params: torch.Tensor, lib: ctypes.CDLL,
     x = x.to(torch.float32).contiguous()
     params = params.contiguous()
     return _HashGridFunction.apply(x, params, lib, meta)
+
+
+def hash_grid_position_vjp(x: torch.Tensor, grad_enc: torch.Tensor, params: torch.Tensor, lib: ctypes.CDLL,
+                           meta: GridMeta) -> torch.Tensor:
+    """sum_j grad_enc[:, j] d enc_j / dx without the table gradient; differentiable (second order)."""
+    x = x.to(torch.float32).contiguous()
+    grad_x, _ = _HashGridBackwardFunction.apply(grad_enc.to(torch.float32).contiguous(), x, params.contiguous(),
+                                                lib, meta, True, False)
+    return grad_x
