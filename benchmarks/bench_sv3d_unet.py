@@ -28,7 +28,10 @@ def _rss_gb() -> float:
 def build(version: str, dtype: torch.dtype, device: str) -> SV3DUNet:
     spec = spec_from_config(shipped_config_path(version), version)
     unet = SV3DUNet(**unet_config_from_network_params(spec.network, spec.vector_widths))
-    return unet.to(device=device, dtype=dtype).eval()
+    unet = unet.to(device=device)
+    if dtype != torch.float32:
+        unet = unet.to(dtype=dtype)
+    return unet.eval()
 
 
 @torch.no_grad()
