@@ -9,6 +9,15 @@ from mvdream import MVDreamPipeline
 from mvdream.testing import OriginalSpec, original_state_dict, write_checkpoint
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core CI machine can be 30x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_spec() -> OriginalSpec:
     return OriginalSpec()

@@ -36,7 +36,7 @@ def test_cli_without_checkpoint_explains(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_t2i_alias_with_upstream_spelling(tmp_path, tiny_ckpt):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, str(SCRIPT), "--num_frames", "4", "--ckpt_path", str(tiny_ckpt), "--text", "a lamp",
            "--camera_elev", "20", "--steps", "1", "--size", "16", "--device", "cpu", "--output_dir", str(tmp_path)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
