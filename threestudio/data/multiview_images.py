@@ -7,16 +7,15 @@ renderer takes them like any view; validation and test batches are whole views (
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import Dataset
 
 import threestudio
-from threestudio.data.camera_sampling import orbit_cameras
+from threestudio.data.base import CameraDataModule, OrbitViewDataset, StepIndexedIterableDataset
 from threestudio.data.multiview_sources import (
     VIDEO_EXTENSIONS,
     DatasetError,
@@ -25,8 +24,8 @@ from threestudio.data.multiview_sources import (
     load_transforms,
     transforms_files,
 )
-from threestudio.utils.config import ConfigError, parse_structured
-from threestudio.utils.misc import get_rank, step_seed
+from threestudio.utils.config import ConfigError
+from threestudio.utils.misc import step_seed
 from threestudio.utils.ops import get_ray_directions, get_rays
 
 BACKGROUNDS = ("white", "black", "random")
@@ -85,12 +84,12 @@ def background_color(name: str) -> Tensor:
     return torch.ones(3) if name == "white" else torch.zeros(3)
 
 
-class RandomRayDataset(IterableDataset):
+class RandomRayDataset(StepIndexedIterableDataset):
     """Endless batches of random training rays; the batch of step s depends only on (seed, s)."""
 
     def __init__(self, views: ViewSet, batch_size: int, background: str, seed: int,
                  start_step: Callable[[], int]) -> None:
-        super().__init__()
+        super().__init__(start_step)
         self.rays_o, self.rays_d = (r.reshape(-1, 3) for r in _rays_of(views))
         self.rgb = views.images.reshape(-1, 3)
         self.mask = views.masks.reshape(-1, 1)
@@ -99,7 +98,6 @@ class RandomRayDataset(IterableDataset):
         self.batch_size = batch_size
         self.background = background
         self.seed = seed
-        self.start_step = start_step
 
     def batch_at(self, step: int) -> dict:
         gen = torch.Generator().manual_seed(step_seed(self.seed, step, "rays"))
@@ -123,12 +121,6 @@ class RandomRayDataset(IterableDataset):
             "height": n,
             "width": 1,
         }
-
-    def __iter__(self) -> Iterator[dict]:
-        step = self.start_step()
-        while True:
-            yield self.batch_at(step)
-            step += 1
 
 
 class ViewDataset(Dataset):
@@ -160,32 +152,12 @@ class ViewDataset(Dataset):
         }
 
 
-class OrbitDataset(Dataset):
-    """Cameras evenly spaced in azimuth for the test video (no ground truth)."""
-
-    def __init__(self, n_views: int, elevation_deg: float, distance: float, fovy_deg: float, height: int,
-                 width: int, background: str) -> None:
-        self.n_views = n_views
-        self.args = dict(elevation_deg=elevation_deg, distance=distance, fovy_deg=fovy_deg, height=height, width=width)
-        self.bg = background_color(background)
-
-    def __len__(self) -> int:
-        return self.n_views
-
-    def __getitem__(self, index: int) -> dict:
-        batch = orbit_cameras(1, azimuth_start=index * 360.0 / self.n_views, **self.args)
-        batch["index"] = torch.tensor([index])
-        batch["bg_color"] = self.bg
-        return batch
-
-
 @threestudio.register("multiview-image-datamodule")
-class MultiviewImageDataModule(pl.LightningDataModule):
+class MultiviewImageDataModule(CameraDataModule):
     Config = MultiviewImageDataModuleConfig
 
     def __init__(self, cfg: Optional[Any] = None, config_path: str = "data") -> None:
-        super().__init__()
-        self.cfg = parse_structured(self.Config, cfg, where=config_path)
+        super().__init__(cfg, config_path)
         c = self.cfg
         for key in ("background", "eval_background"):
             if getattr(c, key) not in BACKGROUNDS or (key == "eval_background" and c.eval_background == "random"):
@@ -199,7 +171,6 @@ class MultiviewImageDataModule(pl.LightningDataModule):
             raise ConfigError(f"{config_path}.convention must be auto, transforms or orbit, got '{c.convention}'.")
         if (c.height is None) != (c.width is None):
             raise ConfigError(f"{config_path}.height and width must be given together.")
-        self._resume_step = 0
         self.train_views, self.val_views, self.test_views = self._load()
 
     # ------------------------------------------------------------------------ loading
@@ -261,21 +232,11 @@ class MultiviewImageDataModule(pl.LightningDataModule):
                     height=c.eval_height or v.height, width=c.eval_width or v.width)
 
     # --------------------------------------------------------------------- lightning
-    def state_dict(self) -> dict:
-        trainer = getattr(self, "trainer", None)
-        return {"global_step": trainer.global_step if trainer is not None else 0}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._resume_step = int(state_dict.get("global_step", 0))
-
-    def _seed(self) -> int:
-        return int(os.environ.get("PL_GLOBAL_SEED", 0)) + get_rank()
-
     def setup(self, stage: Optional[str] = None) -> None:
         c = self.cfg
         if stage in (None, "fit"):
-            self.train_dataset = RandomRayDataset(self.train_views, c.batch_size, c.background, self._seed(),
-                                                  lambda: self._resume_step)
+            self.train_dataset = RandomRayDataset(self.train_views, c.batch_size, c.background, self.seed(),
+                                                  self.start_step)
         self.val_dataset = ViewDataset(self.val_views.subset(range(min(c.n_val_views, len(self.val_views)))),
                                        c.eval_background)
         if c.test_views == "split":
@@ -284,19 +245,11 @@ class MultiviewImageDataModule(pl.LightningDataModule):
                                    f"transforms_{c.test_split}.json.")
             self.test_dataset: Dataset = ViewDataset(self.test_views, c.eval_background)
         else:
-            self.test_dataset = OrbitDataset(c.n_test_views, background=c.eval_background, **self.orbit_defaults())
+            self.test_dataset = self._orbit(c.n_test_views)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset, batch_size=None, num_workers=0)
+    def _orbit(self, n_views: int) -> OrbitViewDataset:
+        return OrbitViewDataset(n_views, **self.orbit_defaults(),
+                                extra={"bg_color": background_color(self.cfg.eval_background)})
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_dataset, batch_size=None, num_workers=0)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_dataset, batch_size=None, num_workers=0)
-
-    def predict_dataloader(self) -> DataLoader:
-        # export needs one (unused) item to run the predict loop
-        return DataLoader(OrbitDataset(1, background=self.cfg.eval_background, **self.orbit_defaults()),
-                          batch_size=None, num_workers=0)
-
+    def predict_dataset(self) -> Dataset:
+        return self._orbit(1)

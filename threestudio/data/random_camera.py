@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 import threestudio
-from threestudio.data.camera_sampling import CameraRanges, orbit_cameras, sample_random_cameras
-from threestudio.utils.config import ConfigError, parse_structured
-from threestudio.utils.misc import get_rank, step_seed
+from threestudio.data.base import CameraDataModule, OrbitViewDataset, StepIndexedIterableDataset
+from threestudio.data.camera_sampling import CameraRanges, sample_random_cameras
+from threestudio.utils.config import ConfigError
+from threestudio.utils.misc import step_seed
 from threestudio.utils.schedule import milestone_value
 
 
@@ -56,15 +54,13 @@ def _per_phase(value: Any, n_phases: int, name: str) -> list:
     return values
 
 
-class RandomCameraIterableDataset(IterableDataset):
-    """Endless random camera batches. The batch for step s depends only on (seed, s), so a resumed run
-    sees the same cameras as an uninterrupted one; resolution and batch size follow the milestones."""
+class RandomCameraIterableDataset(StepIndexedIterableDataset):
+    """Endless random camera batches; resolution and batch size follow the milestones."""
 
     def __init__(self, cfg: RandomCameraDataModuleConfig, seed: int, start_step: Callable[[], int]) -> None:
-        super().__init__()
+        super().__init__(start_step)
         self.cfg = cfg
         self.seed = seed
-        self.start_step = start_step
         n_phases = len(cfg.resolution_milestones) + 1
         self.heights = _per_phase(cfg.height, n_phases, "height")
         self.widths = _per_phase(cfg.width, n_phases, "width")
@@ -87,78 +83,25 @@ class RandomCameraIterableDataset(IterableDataset):
             gen=generator,
         )
 
-    def __iter__(self) -> Iterator[dict]:
-        step = self.start_step()
-        while True:
-            yield self.batch_at(step)
-            step += 1
-
-
-class OrbitViewDataset(Dataset):
-    """`n_views` cameras on an orbit, one batch of one per item (rays made on demand)."""
-
-    def __init__(self, n_views: int, elevation_deg: float, distance: float, fovy_deg: float, height: int,
-                 width: int, relative_radius: bool = False) -> None:
-        self.n_views = n_views
-        self.args = dict(elevation_deg=elevation_deg, distance=distance, fovy_deg=fovy_deg, height=height,
-                         width=width, relative_radius=relative_radius)
-
-    def __len__(self) -> int:
-        return self.n_views
-
-    def __getitem__(self, index: int) -> dict:
-        batch = orbit_cameras(1, azimuth_start=index * 360.0 / self.n_views, **self.args)
-        batch["index"] = torch.tensor([index])
-        return batch
-
 
 @threestudio.register("random-camera-datamodule")
-class RandomCameraDataModule(pl.LightningDataModule):
+class RandomCameraDataModule(CameraDataModule):
     Config = RandomCameraDataModuleConfig
 
     def __init__(self, cfg: Optional[Any] = None, config_path: str = "data") -> None:
-        super().__init__()
-        self.cfg = parse_structured(self.Config, cfg, where=config_path)
-        self._resume_step = 0
-        # validate phases now, before any work starts
+        super().__init__(cfg, config_path)
+        # validate the phases now, before any work starts
         self._make_train_dataset()
 
-    def _seed(self) -> int:
-        return int(os.environ.get("PL_GLOBAL_SEED", 0)) + get_rank()
-
-    def _start_step(self) -> int:
-        return self._resume_step
-
-    # Lightning stores this in checkpoints and restores it before the training iterator starts,
-    # so a resumed run continues with the cameras of the step it stopped at.
-    def state_dict(self) -> dict:
-        trainer = getattr(self, "trainer", None)
-        return {"global_step": trainer.global_step if trainer is not None else 0}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._resume_step = int(state_dict.get("global_step", 0))
-
     def _make_train_dataset(self) -> RandomCameraIterableDataset:
-        return RandomCameraIterableDataset(self.cfg, self._seed(), self._start_step)
+        return RandomCameraIterableDataset(self.cfg, self.seed(), self.start_step)
 
     def _orbit(self, n_views: int) -> OrbitViewDataset:
         c = self.cfg
         return OrbitViewDataset(n_views, c.eval_elevation_deg, c.eval_camera_distance, c.eval_fovy_deg,
-                                c.eval_height, c.eval_width, c.relative_radius)
+                                c.eval_height, c.eval_width, relative_radius=c.relative_radius)
 
     def setup(self, stage: Optional[str] = None) -> None:
         self.train_dataset = self._make_train_dataset()
         self.val_dataset = self._orbit(self.cfg.n_val_views)
         self.test_dataset = self._orbit(self.cfg.n_test_views)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset, batch_size=None, num_workers=0)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_dataset, batch_size=None, num_workers=0)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_dataset, batch_size=None, num_workers=0)
-
-    def predict_dataloader(self) -> DataLoader:
-        return DataLoader(self._orbit(1), batch_size=None, num_workers=0)

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 import threestudio
+from threestudio.data.base import CameraDataModule, OrbitViewDataset, StepIndexedIterableDataset
 from threestudio.data.camera_sampling import camera_batch, orbit_cameras
 from threestudio.data.multiview_sources import orbit_azimuths
-from threestudio.utils.config import ConfigError, parse_structured
-from threestudio.utils.misc import get_rank, step_seed
+from threestudio.utils.config import ConfigError
+from threestudio.utils.misc import step_seed
 from threestudio.utils.ops import camera_positions_from_spherical, look_at_c2w
 
 
@@ -116,17 +115,16 @@ def orbit_camera_batch(n_frames: int, elevation_deg: float, input_azimuth_deg: f
     return batch
 
 
-class SingleImageIterableDataset(IterableDataset):
+class SingleImageIterableDataset(StepIndexedIterableDataset):
     """Endless training batches: the reference view (fixed) and the orbit (jittered per step when asked)."""
 
     def __init__(self, reference: dict, orbit_args: dict, jitter_deg: float, seed: int,
                  start_step: Callable[[], int]) -> None:
-        super().__init__()
+        super().__init__(start_step)
         self.reference = reference
         self.orbit_args = orbit_args
         self.jitter_deg = jitter_deg
         self.seed = seed
-        self.start_step = start_step
         self.fixed_orbit = orbit_camera_batch(**orbit_args) if jitter_deg <= 0 else None
 
     def batch_at(self, step: int) -> dict:
@@ -137,44 +135,19 @@ class SingleImageIterableDataset(IterableDataset):
             orbit = orbit_camera_batch(**self.orbit_args, jitter_deg=self.jitter_deg, gen=gen)
         return {**self.reference, "orbit": orbit}
 
-    def __iter__(self) -> Iterator[dict]:
-        step = self.start_step()
-        while True:
-            yield self.batch_at(step)
-            step += 1
-
-
-class EvalOrbitDataset(Dataset):
-    """`n_views` cameras evenly spaced in azimuth starting at the input view, one batch of one per item."""
-
-    def __init__(self, n_views: int, azimuth_start: float, **camera: Any) -> None:
-        self.n_views = n_views
-        self.azimuth_start = azimuth_start
-        self.camera = camera
-
-    def __len__(self) -> int:
-        return self.n_views
-
-    def __getitem__(self, index: int) -> dict:
-        batch = orbit_cameras(1, azimuth_start=self.azimuth_start + index * 360.0 / self.n_views, **self.camera)
-        batch["index"] = torch.tensor([index])
-        return batch
-
 
 @threestudio.register("single-image-datamodule")
-class SingleImageDataModule(pl.LightningDataModule):
+class SingleImageDataModule(CameraDataModule):
     Config = SingleImageDataModuleConfig
 
     def __init__(self, cfg: Optional[Any] = None, config_path: str = "data") -> None:
-        super().__init__()
-        self.cfg = parse_structured(self.Config, cfg, where=config_path)
+        super().__init__(cfg, config_path)
         c = self.cfg
         if c.image_path in ("???", ""):
             raise ConfigError(f"{config_path}.image_path is required: an RGBA image whose alpha is the object mask.")
         for key in ("height", "width", "orbit_height", "orbit_width", "eval_height", "eval_width", "orbit_n_frames"):
             if getattr(c, key) <= 0:
                 raise ConfigError(f"{config_path}.{key} must be positive, got {getattr(c, key)}.")
-        self._resume_step = 0
         self.image_576, self.mask_576 = load_reference_image(c.image_path, 576, c.image_frame_ratio,
                                                              where=f"{config_path}.image_path")
         self.reference = self._reference_batch()
@@ -194,40 +167,17 @@ class SingleImageDataModule(pl.LightningDataModule):
                     distance=c.orbit_camera_distance or c.default_camera_distance,
                     fovy_deg=c.orbit_fovy_deg or c.default_fovy_deg, height=c.orbit_height, width=c.orbit_width)
 
-    def _eval_orbit(self, n_views: int) -> EvalOrbitDataset:
+    def _eval_orbit(self, n_views: int) -> OrbitViewDataset:
+        """Evaluation views start at the input view."""
         c = self.cfg
         elevation = c.default_elevation_deg if c.eval_elevation_deg is None else c.eval_elevation_deg
-        return EvalOrbitDataset(n_views, c.default_azimuth_deg, elevation_deg=elevation,
-                                distance=c.eval_camera_distance or c.default_camera_distance,
-                                fovy_deg=c.eval_fovy_deg or c.default_fovy_deg, height=c.eval_height,
-                                width=c.eval_width)
-
-    # Lightning stores this in checkpoints and restores it before the training iterator starts
-    def state_dict(self) -> dict:
-        trainer = getattr(self, "trainer", None)
-        return {"global_step": trainer.global_step if trainer is not None else 0}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._resume_step = int(state_dict.get("global_step", 0))
-
-    def _seed(self) -> int:
-        return int(os.environ.get("PL_GLOBAL_SEED", 0)) + get_rank()
+        return OrbitViewDataset(n_views, elevation, c.eval_camera_distance or c.default_camera_distance,
+                                c.eval_fovy_deg or c.default_fovy_deg, c.eval_height, c.eval_width,
+                                azimuth_start=c.default_azimuth_deg)
 
     def setup(self, stage: Optional[str] = None) -> None:
         self.train_dataset = SingleImageIterableDataset(self.reference, self.orbit_args(),
-                                                        self.cfg.orbit_azimuth_jitter_deg, self._seed(),
-                                                        lambda: self._resume_step)
+                                                        self.cfg.orbit_azimuth_jitter_deg, self.seed(),
+                                                        self.start_step)
         self.val_dataset = self._eval_orbit(self.cfg.n_val_views)
         self.test_dataset = self._eval_orbit(self.cfg.n_test_views)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset, batch_size=None, num_workers=0)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_dataset, batch_size=None, num_workers=0)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_dataset, batch_size=None, num_workers=0)
-
-    def predict_dataloader(self) -> DataLoader:
-        return DataLoader(self._eval_orbit(1), batch_size=None, num_workers=0)
