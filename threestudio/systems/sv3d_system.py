@@ -90,13 +90,6 @@ class SV3DSystem(BaseLift3DSystem):
         return rgb, opacity, out
 
     # ------------------------------------------------------------------ training
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Lightning restores train mode after validation by setting `module.training` directly, which skips
-        # the renderer's train() override that turns stratified sampling back on; re-apply it so that a run
-        # with validation draws the same samples as a resumed one
-        self.renderer.train(self.renderer.training)
-        super().on_train_batch_start(batch, batch_idx)
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         losses: dict[str, Tensor] = {}
         ref = self._render(batch, shading=self._ref_shading())

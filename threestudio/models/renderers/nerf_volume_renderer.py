@@ -101,16 +101,12 @@ class NeRFVolumeRenderer(VolumeRenderer):
             self.estimator.binaries.fill_(True)
         # the step that puts num_samples_per_ray samples along the box diagonal
         self.render_step_size = 1.732 * 2 * self.cfg.radius / self.cfg.num_samples_per_ray
-        self.randomized = self.cfg.randomized
 
-    # ------------------------------------------------------------------ train / eval
-    def train(self, mode: bool = True) -> "NeRFVolumeRenderer":
-        self.randomized = mode and self.cfg.randomized
-        return super().train(mode)
-
-    def eval(self) -> "NeRFVolumeRenderer":
-        self.randomized = False
-        return super().eval()
+    @property
+    def randomized(self) -> bool:
+        """Stratified jitter in training only. Read from `self.training` at sampling time because Lightning
+        restores train mode after validation by setting `module.training` directly, not through train()."""
+        return self.training and self.cfg.randomized
 
     def do_update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         if not self.cfg.grid_prune or not self.training or on_load_weights:
