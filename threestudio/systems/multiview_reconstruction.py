@@ -75,8 +75,18 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
         return self.renderer(**{k: batch[k] for k in RENDER_KEYS if k in batch})
 
     @torch.no_grad()
-    def render_view(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """A whole (1,H,W) view rendered in chunks of rays; returns the image-shaped outputs."""
+    def render_view(self, batch: dict[str, Any], normals: bool = False) -> dict[str, Tensor]:
+        """A whole (1,H,W) view rendered in chunks of rays; returns the image-shaped outputs
+        (with `comp_normal` when `normals` is set and the geometry has normals)."""
+        renderer_cfg = getattr(self.renderer, "cfg", None)
+        if normals and renderer_cfg is not None and hasattr(renderer_cfg, "return_comp_normal"):
+            # normals cost extra field evaluations: ask for them only for the images that show them
+            previous = renderer_cfg.return_comp_normal
+            renderer_cfg.return_comp_normal = True
+            try:
+                return self.render_view(batch, normals=False)
+            finally:
+                renderer_cfg.return_comp_normal = previous
         rays_o, rays_d = batch["rays_o"], batch["rays_d"]
         _, height, width, _ = rays_o.shape
         flat_o, flat_d = rays_o.reshape(1, -1, 1, 3), rays_d.reshape(1, -1, 1, 3)
@@ -133,7 +143,7 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
         return panels + self._panels(out, names)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = self.render_view(batch)
+        out = self.render_view(batch, normals="normal" in self.cfg.validation_panels)
         index = int(batch["index"][0]) if "index" in batch else batch_idx
         if "rgb" in batch:
             self.log("val/psnr", psnr(out["comp_rgb"], batch["rgb"]), on_epoch=True, batch_size=1)
@@ -141,7 +151,7 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
                              self._eval_panels(out, batch, self.cfg.validation_panels))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = self.render_view(batch)
+        out = self.render_view(batch, normals="normal" in self.cfg.test_panels)
         index = int(batch["index"][0]) if "index" in batch else batch_idx
         if "rgb" in batch:
             self.log("test/psnr", psnr(out["comp_rgb"], batch["rgb"]), on_epoch=True, batch_size=1)
