@@ -98,3 +98,21 @@ def test_main_job_end_to_end_tiny(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     ply = trimesh.load(out, process=False)
     assert ply.body_count == 1 and len(ply.visual.vertex_colors) == len(ply.vertices)
+
+
+def test_extract_color_mesh_projection_inverts_camera_rays():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("extract_color_mesh", os.path.join(REPO, "extract_color_mesh.py"))
+    ecm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ecm)
+    from threestudio.data.camera_sampling import orbit_cameras
+
+    cams = orbit_cameras(1, 20.0, 2.0, 40.0, 16, 16, azimuth_start=30.0)
+    o, d = cams["rays_o"][0, 5, 9], cams["rays_d"][0, 5, 9]
+    point = (o + 1.3 * d)[None]
+    xy, depth = ecm.project(point, cams["c2w"][0], 40.0, 16, 16)
+    torch.testing.assert_close(xy[0], torch.tensor([9.5, 5.5]), atol=1e-4, rtol=0)
+    assert float(depth[0]) > 0
+    image = torch.arange(16 * 16, dtype=torch.float32).reshape(16, 16, 1)
+    assert float(ecm.bilinear(image, xy)[0, 0]) == pytest.approx(5 * 16 + 9, abs=1e-3)
