@@ -192,6 +192,8 @@ def test_timestep_schedule_and_sampling(guidance):
 def test_guidance_is_frozen_fp32_on_cpu_and_checks_its_input(guidance):
     assert all(not p.requires_grad for p in guidance.parameters())
     assert {p.dtype for p in guidance.parameters()} == {torch.float32}
+    # the schedule in float64, as the original checkpoint's buffers
+    assert torch.equal(guidance.alphas_cumprod, alphas_cumprod_by_hand().float())
     guidance.train()
     assert not guidance.training and not guidance.unet.training and not guidance.vae.training
     rgb, c2w = two_objects()

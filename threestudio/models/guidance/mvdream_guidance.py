@@ -118,7 +118,7 @@ class MVDreamMultiviewDiffusionGuidance(BaseModule):
         self.vae = pipe.vae
         self.vae_scale = float(pipe.vae.config.scaling_factor)
         self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
-        self.register_buffer("alphas_cumprod", pipe.scheduler.alphas_cumprod.clone().float(), persistent=False)
+        self.register_buffer("alphas_cumprod", self.training_alphas_cumprod(pipe.scheduler.config), persistent=False)
         del pipe
         for p in self.parameters():
             p.requires_grad_(False)
@@ -126,6 +126,15 @@ class MVDreamMultiviewDiffusionGuidance(BaseModule):
             self.vae.enable_gradient_checkpointing()
         self.eval()
         self.update_step(0, 0)
+
+    @staticmethod
+    def training_alphas_cumprod(config: Any) -> Tensor:
+        """alpha_bar_t of the training schedule, computed in float64 like the original's buffers."""
+        if config.beta_schedule != "scaled_linear":
+            raise ValueError(f"MVDream's schedule is scaled_linear, the checkpoint's is '{config.beta_schedule}'.")
+        n = int(config.num_train_timesteps)
+        betas = torch.linspace(config.beta_start ** 0.5, config.beta_end ** 0.5, n, dtype=torch.float64) ** 2
+        return torch.cumprod(1.0 - betas, dim=0).float()
 
     def load_pipeline(self) -> Any:
         """The MVDreamPipeline named by the config (only its unet, vae and scheduler are used)."""
