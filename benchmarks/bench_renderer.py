@@ -78,17 +78,22 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--train-size", type=int, default=64)
     parser.add_argument("--test-size", type=int, default=256)
+    parser.add_argument("--scenes", nargs="+", default=["init blob", "opaque blob"],
+                        choices=["init blob", "opaque blob"])
+    parser.add_argument("--materials", nargs="+", default=["no-material", "diffuse-with-point-light-material"],
+                        choices=["no-material", "diffuse-with-point-light-material"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     hash_grid_cpu.load_kernel()
-    print(f"# {torch.get_num_threads()} CPU threads, load average {os.getloadavg()[0]:.1f}, "
-          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}, torch {torch.__version__}")
+    env = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("THP_MEM_ALLOC_ENABLE", "OMP_WAIT_POLICY"))
+    print(f"# {torch.get_num_threads()} CPU threads, load average {os.getloadavg()[0]:.1f}, {env}, "
+          f"torch {torch.__version__}")
     rays_o, rays_d, lights = cameras(args.views, args.train_size)
     test_o, test_d, test_l = cameras(1, args.test_size)
     rows = []
-    for scene in ("init blob", "opaque blob"):
-        for material in ("no-material", "diffuse-with-point-light-material"):
+    for scene in args.scenes:
+        for material in args.materials:
             modules, renderer = build(scene, material)
             params = [p for p in modules.parameters() if p.requires_grad]
             samples = []
