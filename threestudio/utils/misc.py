@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import hashlib
 import os
 from typing import Any
@@ -50,3 +51,15 @@ def load_module_weights(path: str, module_name: str | None = None, ignore_module
             key = key[len(module_name) + 1:]
         out[key] = value
     return out, ckpt.get("epoch", 0), ckpt.get("global_step", 0)
+
+
+def cuda_package_available(module: str) -> bool:
+    """True when CUDA is usable and the optional CUDA package `module` (tinycudann, nerfacc, nvdiffrast)
+    imports. The import happens only here, lazily: CPU machines never import these packages."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - a missing or a broken install both mean "not available"
+        return False
+    return True

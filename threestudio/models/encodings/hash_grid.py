@@ -21,6 +21,7 @@ import torch.nn as nn
 from threestudio.models.encodings import hash_grid_cpu
 from threestudio.models.encodings.hash_grid_layout import HashGridLayout, hash_grid_reference, init_params
 from threestudio.utils.base import Updateable
+from threestudio.utils.misc import cuda_package_available
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +31,7 @@ _EXTRA_KEYS = ("backend", "include_xyz", "start_level", "start_step", "update_st
 
 
 def tcnn_available() -> bool:
-    """True when CUDA is usable and tinycudann imports (the import happens only here, lazily)."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import tinycudann  # noqa: F401
-    except Exception:  # noqa: BLE001 - missing or broken install both mean "not available"
-        return False
-    return True
+    return cuda_package_available("tinycudann")
 
 
 def resolve_backend(requested: str) -> str:

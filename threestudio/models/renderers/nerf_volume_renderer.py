@@ -14,6 +14,7 @@ from threestudio.models.renderers.base import VolumeRenderer, chunk_batch
 from threestudio.models.renderers.occupancy_grid import OccupancyGridEstimator
 from threestudio.models.renderers.volume_rendering import accumulate_along_rays, render_weight_from_density
 from threestudio.utils.config import ConfigError
+from threestudio.utils.misc import cuda_package_available
 
 logger = logging.getLogger(__name__)
 
@@ -21,14 +22,7 @@ ESTIMATOR_BACKENDS = ("auto", "torch", "nerfacc")
 
 
 def nerfacc_available() -> bool:
-    """True when CUDA is usable and nerfacc imports (imported only here, lazily)."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import nerfacc  # noqa: F401
-    except Exception:  # noqa: BLE001 - missing or broken install both mean "not available"
-        return False
-    return True
+    return cuda_package_available("nerfacc")
 
 
 @threestudio.register("nerf-volume-renderer")
