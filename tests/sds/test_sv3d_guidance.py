@@ -19,21 +19,12 @@ N = 21
 IMAGE_SIZE = 32  # latents 4²
 
 
-def write_rgba(path, size=96):
-    """A synthetic RGBA object: a two-coloured box on a transparent background."""
-    a = np.zeros((size, size, 4), np.uint8)
-    a[20:70, 30:60] = [200, 60, 40, 255]
-    a[40:70, 30:60, :3] = [30, 90, 220]
-    Image.fromarray(a).save(path)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
+def assets(tmp_path_factory, sv3d_write_rgba):
     from sv3d.tiny import tiny_config, write_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("sv3d_guidance")
-    out = {"image": write_rgba(root / "object.png")}
+    out = {"image": sv3d_write_rgba(root / "object.png")}
     for version in ("sv3d_u", "sv3d_p"):
         write_tiny_checkpoint(str(root / f"{version}.safetensors"), version, seed=1)
         OmegaConf.save(tiny_config(version), str(root / f"{version}.yaml"))

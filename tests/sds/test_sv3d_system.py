@@ -18,22 +18,14 @@ CONFIG = os.path.join(REPO, "configs", "sv3d-image-to-3d.yaml")
 N = 21
 
 
-def write_rgba(path, size=96):
-    a = np.zeros((size, size, 4), np.uint8)
-    a[20:70, 30:60] = [200, 60, 40, 255]
-    a[40:70, 30:60, :3] = [30, 90, 220]
-    Image.fromarray(a).save(path)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
+def assets(tmp_path_factory, sv3d_write_rgba):
     from sv3d.tiny import tiny_config, write_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("sv3d_system")
     write_tiny_checkpoint(str(root / "sv3d_u.safetensors"), "sv3d_u", seed=3)
     OmegaConf.save(tiny_config("sv3d_u"), str(root / "sv3d_u.yaml"))
-    return {"root": root, "image": write_rgba(root / "object.png"), "ckpt": str(root / "sv3d_u.safetensors"),
+    return {"root": root, "image": sv3d_write_rgba(root / "object.png"), "ckpt": str(root / "sv3d_u.safetensors"),
             "yaml": str(root / "sv3d_u.yaml")}
 
 
