@@ -24,6 +24,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# CPU runtime settings read once when torch loads (override them in the environment to compare):
+# idle OpenMP workers sleep instead of spinning - spinning workers starve the main thread as soon
+# as anything else runs on a 2-core machine - and large tensors get transparent huge pages, which
+# removes most first-touch page-fault cost of the big per-step buffers.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch  # noqa: E402
 
