@@ -30,8 +30,10 @@ _BLOCK = {
 }
 
 
-def clip_vision_config_from_state_dict(visual_sd: Mapping[str, torch.Tensor]) -> CLIPVisionConfig:
-    """Config of the vision tower from tensor shapes (keys without the `visual.` prefix)."""
+def clip_vision_config_from_state_dict(visual_sd: Mapping[str, torch.Tensor], hidden_act: str = "gelu") -> CLIPVisionConfig:
+    """Config of the vision tower from tensor shapes (keys without the `visual.` prefix).
+
+    OpenCLIP towers use GELU; OpenAI's CLIP (same key layout) uses `hidden_act="quick_gelu"`."""
     width = int(visual_sd["class_embedding"].shape[0])
     patch = int(visual_sd["conv1.weight"].shape[-1])
     grid = int(round(math.sqrt(visual_sd["positional_embedding"].shape[0] - 1)))
@@ -45,7 +47,7 @@ def clip_vision_config_from_state_dict(visual_sd: Mapping[str, torch.Tensor]) ->
         num_channels=int(visual_sd["conv1.weight"].shape[1]),
         image_size=grid * patch,
         patch_size=patch,
-        hidden_act="gelu",
+        hidden_act=hidden_act,
         layer_norm_eps=1e-5,
     )
 

@@ -54,6 +54,8 @@ def _load_strict(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: 
 def build_unet(sd: Mapping[str, torch.Tensor], spec: ModelSpec) -> Tuple[SV3DUNet, List[str]]:
     unet_sd = strip_prefix(sd, UNET_PREFIX)
     cfg = unet_config_from_state_dict(unet_sd, spec.network, spec.vector_widths, spec.num_frames)
+    if spec.extra.get("vector_kinds") is not None:  # non-sinusoid slots (Hi3D's aesthetic score)
+        cfg["addition_time_embed_kinds"] = tuple(spec.extra["vector_kinds"])
     unet = SV3DUNet(**cfg)
     _load_strict(unet, convert_video_unet_state_dict(unet_sd), "UNet")
     return unet, [UNET_PREFIX + k for k in unet_sd]

@@ -164,6 +164,48 @@ class SV3DPipeline:
         return torch.cat(outs)
 
     # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample_latents(
+        self,
+        concat: torch.Tensor,
+        context: torch.Tensor,
+        ids: torch.Tensor,
+        scales: torch.Tensor,
+        num_steps: int,
+        generator: torch.Generator,
+        callback=None,
+        pre_step=None,
+        noise: Optional[torch.Tensor] = None,
+        cfg_batch: bool = True,
+    ) -> torch.Tensor:
+        """Guided Euler-EDM sampling -> (1, T, 4, h, w) latents.
+
+        concat (1, C', h, w) repeated over the T = len(scales) frames, or (1, T, C', h, w) per frame; context
+        (1, 1, D); ids (1, T, K) or (1, K). The unconditional branch zeroes concat and context and keeps the ids.
+        `noise` (1, T, 4, h, w) unit Gaussian (default: drawn from `generator`); `pre_step` as in
+        `euler_sample`; `cfg_batch=False` runs the two branches one after the other (half the activations).
+        """
+        num_frames = int(scales.shape[0])
+        h, w = concat.shape[-2:]
+        if noise is None:
+            noise = torch.randn((1, num_frames, 4, h, w), generator=generator)
+        noise = noise.to(self.device)
+        concat_t = concat[:, None].expand(-1, num_frames, -1, -1, -1) if concat.dim() == 4 else concat
+        uncond_concat, uncond_context = torch.zeros_like(concat_t), torch.zeros_like(context)
+
+        def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            if cfg_batch:
+                d = edm_denoise(self.unet, torch.cat([x, x]), torch.cat([sigma, sigma]),
+                                torch.cat([uncond_concat, concat_t]), torch.cat([uncond_context, context]), torch.cat([ids, ids]))
+                uncond, cond = d.chunk(2)
+            else:
+                uncond = edm_denoise(self.unet, x, sigma, uncond_concat, uncond_context, ids)
+                cond = edm_denoise(self.unet, x, sigma, concat_t, context, ids)
+            return apply_guidance(uncond, cond, scales)
+
+        sigmas = edm_sigmas(num_steps, self.spec.sigma_min, self.spec.sigma_max, self.spec.rho).to(self.device)
+        return euler_sample(guided, noise, sigmas, callback, pre_step=pre_step)
+
     def prepare_image(self, image: Union[str, os.PathLike, Image.Image], image_frame_ratio: Optional[float] = None, size: int = 576) -> Image.Image:
         if self.spec.family == "svd":
             return preprocess_video_image(image)
@@ -213,20 +255,7 @@ class SV3DPipeline:
                 polars, azims = cams[:, 0], cams[:, 1]
         ids = self.added_time_ids(num_frames, cond_aug, 1, polars, azims, fps_id, motion_bucket_id)
         scales = self.guidance_scales(num_frames, min_scale, max_scale).to(self.device)
-        h, w = concat.shape[-2:]
-        noise = torch.randn((1, num_frames, concat.shape[1], h, w), generator=gen).to(self.device)
-        concat_t = concat[:, None].expand(-1, num_frames, -1, -1, -1)
-        concat2 = torch.cat([torch.zeros_like(concat_t), concat_t])
-        context2 = torch.cat([torch.zeros_like(context), context])
-        ids2 = torch.cat([ids, ids])
-
-        def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            d = edm_denoise(self.unet, torch.cat([x, x]), torch.cat([sigma, sigma]), concat2, context2, ids2)
-            uncond, cond = d.chunk(2)
-            return apply_guidance(uncond, cond, scales)
-
-        sigmas = edm_sigmas(num_steps, spec.sigma_min, spec.sigma_max, spec.rho).to(self.device)
-        latents = euler_sample(guided, noise, sigmas, callback)[0]
+        latents = self.sample_latents(concat, context, ids, scales, num_steps, gen, callback=callback)[0]
         frames = self.decode_latents(latents, decoding_t)
         if sv3d:
             frames[-1:] = x_img.to(frames.dtype)

@@ -55,16 +55,23 @@ def euler_sample(
     noise: torch.Tensor,
     sigmas: torch.Tensor,
     callback: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
+    pre_step: Optional[Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+    start_step: int = 0,
+    end_step: Optional[int] = None,
+    x_init: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Deterministic Euler integration of the probability-flow ODE (the EulerEDMSampler with s_churn = 0).
 
     `noise` is unit Gaussian; it is scaled by sqrt(1 + sigma_0^2) as the original does. `denoiser(x, sigma)`
-    takes sigma of shape (B,).
+    takes sigma of shape (B,). `pre_step(i, x, sigma_i) -> x` may modify the state before step i (Hi3D's
+    anchoring to stage-1 latents); `start_step`/`end_step`/`x_init` run a slice of the loop (resuming).
     """
-    x = noise * torch.sqrt(1.0 + sigmas[0] ** 2)
+    x = noise * torch.sqrt(1.0 + sigmas[0] ** 2) if x_init is None else x_init
     ones = x.new_ones(x.shape[0])
-    for i in range(len(sigmas) - 1):
+    for i in range(int(start_step), len(sigmas) - 1 if end_step is None else int(end_step)):
         sigma, nxt = sigmas[i], sigmas[i + 1]
+        if pre_step is not None:
+            x = pre_step(i, x, sigma)
         denoised = denoiser(x, ones * sigma)
         d = (x - denoised) / sigma
         x = x + (nxt - sigma) * d

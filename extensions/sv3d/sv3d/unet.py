@@ -12,7 +12,7 @@ from diffusers.models.unets.unet_spatio_temporal_condition import (
     UNetSpatioTemporalConditionOutput,
 )
 
-from .embeddings import embed_added_ids
+from .embeddings import SINUSOID, embed_added_ids, parse_slot_kind
 
 
 class SV3DUNet(UNetSpatioTemporalConditionModel):
@@ -20,7 +20,9 @@ class SV3DUNet(UNetSpatioTemporalConditionModel):
 
     diffusers' model embeds one vector of ids per video, each id with the same sinusoid width. SV3D_p conditions
     every frame on its own camera (cond_aug 256 | polar 512 | azimuth 512 wide sinusoids), so here
-    `added_time_ids` may be (B, T, K) and `addition_time_embed_dims` gives one width per id. The layers and
+    `added_time_ids` may be (B, T, K) and `addition_time_embed_dims` gives one width per id
+    (`addition_time_embed_kinds` one slot kind per id: 'sinusoid', or 'value+sinusoid@<scale>' as Hi3D's
+    aesthetic score). The layers and
     parameter names are diffusers' own, so everything else (attention processors, gradient checkpointing,
     save/load) is inherited.
     """
@@ -52,6 +54,7 @@ class SV3DUNet(UNetSpatioTemporalConditionModel):
         num_attention_heads: Union[int, Tuple[int, ...]] = (5, 10, 20, 20),
         num_frames: int = 21,
         addition_time_embed_dims: Optional[Sequence[int]] = None,
+        addition_time_embed_kinds: Optional[Sequence[str]] = None,
     ):
         super().__init__(
             sample_size=sample_size,
@@ -78,6 +81,12 @@ class SV3DUNet(UNetSpatioTemporalConditionModel):
                 f"{projection_class_embeddings_input_dim} inputs"
             )
         self.added_id_widths = widths
+        kinds = [SINUSOID] * len(widths) if addition_time_embed_kinds is None else [str(k) for k in addition_time_embed_kinds]
+        if len(kinds) != len(widths):
+            raise ValueError(f"addition_time_embed_kinds {kinds} must give one kind per added id ({len(widths)})")
+        for kind in kinds:
+            parse_slot_kind(kind)
+        self.added_id_kinds = kinds
         # generative-models normalises every VideoResBlock with GroupNorm(32, eps=1e-5); diffusers builds the
         # resnets of CrossAttnDownBlockSpatioTemporal with eps=1e-6. Align them (no parameters involved).
         for module in self.modules():
@@ -98,7 +107,7 @@ class SV3DUNet(UNetSpatioTemporalConditionModel):
                 f"added_time_ids must be (B, K) or (B, T, K) with B={batch_size}, T={num_frames}; "
                 f"got {tuple(added_time_ids.shape)}"
             )
-        sinusoids = embed_added_ids(ids.float(), self.added_id_widths)
+        sinusoids = embed_added_ids(ids.float(), self.added_id_widths, self.added_id_kinds)
         return self.add_embedding(sinusoids.to(self.add_embedding.linear_1.weight.dtype))
 
     def forward(
