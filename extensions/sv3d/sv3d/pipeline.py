@@ -177,13 +177,15 @@ class SV3DPipeline:
         pre_step=None,
         noise: Optional[torch.Tensor] = None,
         cfg_batch: bool = True,
+        end_step: Optional[int] = None,
     ) -> torch.Tensor:
         """Guided Euler-EDM sampling -> (1, T, 4, h, w) latents.
 
         concat (1, C', h, w) repeated over the T = len(scales) frames, or (1, T, C', h, w) per frame; context
         (1, 1, D); ids (1, T, K) or (1, K). The unconditional branch zeroes concat and context and keeps the ids.
         `noise` (1, T, 4, h, w) unit Gaussian (default: drawn from `generator`); `pre_step` as in
-        `euler_sample`; `cfg_batch=False` runs the two branches one after the other (half the activations).
+        `euler_sample`; `cfg_batch=False` runs the two branches one after the other (half the activations);
+        `end_step` stops after that many steps (returns the partially denoised state).
         """
         num_frames = int(scales.shape[0])
         h, w = concat.shape[-2:]
@@ -204,7 +206,7 @@ class SV3DPipeline:
             return apply_guidance(uncond, cond, scales)
 
         sigmas = edm_sigmas(num_steps, self.spec.sigma_min, self.spec.sigma_max, self.spec.rho).to(self.device)
-        return euler_sample(guided, noise, sigmas, callback, pre_step=pre_step)
+        return euler_sample(guided, noise, sigmas, callback, pre_step=pre_step, end_step=end_step)
 
     def prepare_image(self, image: Union[str, os.PathLike, Image.Image], image_frame_ratio: Optional[float] = None, size: int = 576) -> Image.Image:
         if self.spec.family == "svd":
