@@ -9,7 +9,7 @@ L2-normalise, MLP 768 -> 1024 -> 128 -> 64 -> 16 -> 1 (`sac+logos+ava1-l14-linea
 from __future__ import annotations
 
 import os
-from typing import Dict, Mapping, Optional
+from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from sv3d.convert_clip import clip_vision_config_from_state_dict, convert_open_c
 from sv3d.convert_vae import strip_prefix
 from sv3d.preprocess import CLIP_MEAN, CLIP_STD
 
-from .checkpoint import load_weights_only
+from .checkpoint import is_torchscript_archive, load_weights_only
 from .torchscript_weights import read_torchscript_state_dict
 
 MLP_FILE = "sac+logos+ava1-l14-linearMSE.pth"
@@ -79,15 +79,10 @@ def load_clip_l(path: str) -> CLIPVisionModelWithProjection:
         raise FileNotFoundError(
             f"OpenAI CLIP ViT-L/14: {path!r} does not exist; pass ckpts/ViT-L-14.pt or a transformers CLIP folder"
         )
-    import zipfile
-
-    sd: Dict[str, torch.Tensor]
-    try:
+    if is_torchscript_archive(path):
+        sd = read_torchscript_state_dict(path)  # the released ViT-L-14.pt: tensors read, code never run
+    else:
         sd = load_weights_only(path, "OpenAI CLIP ViT-L/14")
-    except ValueError:
-        if not zipfile.is_zipfile(path):
-            raise
-        sd = read_torchscript_state_dict(path)  # TorchScript archive (the released ViT-L-14.pt)
     if isinstance(sd, dict) and "state_dict" in sd:
         sd = sd["state_dict"]
     visual = strip_prefix(sd, "visual.")

@@ -1,7 +1,7 @@
 """Stage-2 anchoring of the refiner's sampling to the stage-1 latents (Hi3D's pipeline_i2v_eval_v02.py).
 
 Before Euler step i of N: x <- (1 - a_i) x + a_i (z + sigma_i eps0), a_i = (0.5 (1 + cos(i / N)))^p, p = 40,
-with i / N in *radians* (no pi: a_i falls from 1 to ~0.01 at i = N - 1, it never reaches 0), z the stage-1
+with i / N in *radians* (no pi: a_i falls from 1 to 6.8e-5 at i = N - 1 = 24, never to 0), z the stage-1
 frames' first-stage latents (scaled) and eps0 the sampler's initial unit noise.
 """
 

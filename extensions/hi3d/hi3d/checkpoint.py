@@ -13,11 +13,24 @@ DEEPSPEED_KEY = "module"
 DEEPSPEED_PREFIX = "module."
 
 
+def is_torchscript_archive(path: str) -> bool:
+    """A TorchScript zip (code/ and constants.pkl next to data.pkl): torch.load would hand it to torch.jit.load,
+    which runs its code, so it is never given to torch.load here."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+
+
 def load_weights_only(path: str, what: str) -> object:
     """torch.load(weights_only=True) with a message naming the file and what to do when it is refused."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what}: {path!r} does not exist")
+    if is_torchscript_archive(path):
+        raise ValueError(f"{what}: {path!r} is a TorchScript archive, not a state dict (its code is never run)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with context

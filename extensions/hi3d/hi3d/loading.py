@@ -51,8 +51,9 @@ def build_stage_unet(sd: Mapping[str, torch.Tensor], spec: ModelSpec, report: Hi
     except KeyError as exc:
         raise ValueError(f"{spec.version}: {exc.args[0]}") from None
     own = unet.state_dict()
-    report.unet_missing = sorted(UNET_PREFIX + k for k in set(own) - set(converted))
-    report.unet_unexpected = sorted(UNET_PREFIX + k for k in set(converted) - set(own))
+    # named in the diffusers layout (the missing tensor has no checkpoint name to show)
+    report.unet_missing = sorted("unet." + k for k in set(own) - set(converted))
+    report.unet_unexpected = sorted("unet." + k for k in set(converted) - set(own))
     wrong = sorted(k for k in set(own) & set(converted) if own[k].shape != converted[k].shape)
     if wrong:
         raise ValueError(f"{spec.version}: UNet tensors of the wrong shape: {wrong[:5]}")

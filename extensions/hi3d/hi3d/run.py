@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps2", type=int, default=25)
     p.add_argument("--resolution1", type=int, default=512)
     p.add_argument("--resolution2", type=int, default=1024)
+    p.add_argument("--num-frames", type=int, default=16, help="views per orbit (the models were trained on 16; fewer only for tests)")
     p.add_argument("--aesthetic-score", type=float, default=None, help="override the predicted aesthetic score")
     p.add_argument("--frame-ratio", type=float, default=None, help="recentre the object: its size / frame size (default: the reference's centre crop)")
     p.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda when available)")
@@ -81,7 +82,7 @@ def _settings(args, stage: int, upstream: Optional[dict]) -> dict:
     common = {"image": _file_digest(args.image), "mask": _file_digest(args.mask) if args.mask else None,
               "elevation": args.elevation, "seed": args.seed, "upstream": upstream.get("settings_digest") if upstream else None}
     if stage == 1:
-        return dict(common, ckpt=os.path.abspath(args.stage1_ckpt), steps=args.steps1, res=args.resolution1,
+        return dict(common, ckpt=os.path.abspath(args.stage1_ckpt), steps=args.steps1, res=args.resolution1, frames=args.num_frames,
                     aesthetic=args.aesthetic_score, frame_ratio=args.frame_ratio)
     if stage == 2:
         return dict(common, ckpt=os.path.abspath(args.stage2_ckpt), steps=args.steps2, res=args.resolution2,
@@ -142,7 +143,7 @@ def run_stage1(args, device: str, stage_dir: str, settings: dict) -> dict:
     rgba.save(os.path.join(stage_dir, "input_rgba.png"))
     square.save(os.path.join(stage_dir, "input.png"))
     pipe = _load_pipe(args.stage1_ckpt, args, device)
-    out = sample_orbit(pipe, x, args.elevation, args.steps1, args.seed, aesthetic_score=args.aesthetic_score,
+    out = sample_orbit(pipe, x, args.elevation, args.steps1, args.seed, aesthetic_score=args.aesthetic_score, num_frames=args.num_frames,
                        decoding_t=args.decoding_t, cfg_batch=not args.no_cfg_batch)
     paths = save_orbit(out.frames, stage_dir, args.elevation, args.fov, args.distance)
     return _write_done(stage_dir, settings, {"aesthetic_score": out.aesthetic_score, "video": paths["video"],
@@ -159,7 +160,7 @@ def stage2_inputs(args, stage1_dir: str, size: int) -> torch.Tensor:
         legacy = os.path.join(args.out, "first_step", "first.mp4")
         if not os.path.isfile(legacy):
             raise FileNotFoundError(f"stage 2 needs stage 1's frames: none in {stage1_dir}/frames (run --stages 1 first)")
-        frames = read_video_frames(legacy)
+        frames = read_video_frames(legacy, args.num_frames)
     _, square, _ = prepare_input(args.image, size, args.mask, args.frame_ratio)
     frames = [square] + list(frames[1:])
     return frames_to_tensor(frames, size)

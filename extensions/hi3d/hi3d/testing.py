@@ -17,6 +17,7 @@ import torch
 from sv3d.tiny import Shape, autoencoder_shapes, open_clip_shapes, random_state_dict, video_unet_shapes
 
 # tiny sizes shared by every file (and by the oracle comparison)
+TINY_HEAD_CHANNELS = 16  # head size of the tiny models (the released ones use 64): pass as num_head_channels
 TINY = dict(model_channels=32, context_dim=32, vae_ch=32, clip_width=64, clip_layers=2, clip_patch=56,
             clip_l_width=64, clip_l_out=16, midas_width=32, midas_grid=2)
 
@@ -99,7 +100,8 @@ def _clip_l_full_shapes(width: int, out: int) -> Dict[str, Shape]:
 
 
 def stage_checkpoint_shapes(stage: str, with_aux: bool = True) -> Dict[str, Shape]:
-    """Key -> shape of a whole DiffusionEngine state dict of Hi3D `stage` at tiny size (sgm layout)."""
+    """Key -> shape of a whole DiffusionEngine state dict of Hi3D `stage` at tiny size (sgm layout); without
+    `with_aux`, the frozen image/aesthetic/depth embedders' weights are left out (to be read from ckpts/ files)."""
     t = TINY
     if stage == "stage1":
         in_ch, adm, cond_i = 8, 768, 3
@@ -108,8 +110,9 @@ def stage_checkpoint_shapes(stage: str, with_aux: bool = True) -> Dict[str, Shap
     else:
         raise ValueError(f"unknown stage {stage!r}")
     d = video_unet_shapes(model_channels=t["model_channels"], context_dim=t["context_dim"], adm_in_channels=adm, in_channels=in_ch)
-    d.update({f"conditioner.embedders.0.open_clip.model.{k}": v for k, v in open_clip_shapes(
-        t["clip_width"], t["clip_layers"], t["clip_patch"], output_dim=t["context_dim"], text_width=t["context_dim"]).items()})
+    if with_aux:
+        d.update({f"conditioner.embedders.0.open_clip.model.{k}": v for k, v in open_clip_shapes(
+            t["clip_width"], t["clip_layers"], t["clip_patch"], output_dim=t["context_dim"], text_width=t["context_dim"]).items()})
     cond = f"conditioner.embedders.{cond_i}.encoder."
     d.update({cond + k: v for k, v in autoencoder_shapes(t["vae_ch"]).items()})
     d.update({cond + "quant_conv.weight": (8, 8, 1, 1), cond + "quant_conv.bias": (8,)})
