@@ -194,3 +194,47 @@ def write_tiny_ckpt_dir(ckpt_dir: str, seed: int = 0, with_aux: bool = True, aux
         paths.update(write_aux_files(ckpt_dir, seed + 20))
     return paths
 
+
+
+def full_size_pipeline(stage: str, device="cpu", dtype=torch.float32):
+    """A Hi3D pipeline of the released sizes with random weights (no checkpoint): UNet 1.52B (8 or 17 input channels),
+    SD KL-f8 VAE (conditioning + first stage), OpenCLIP ViT-H/14 image tower and, per stage, OpenAI CLIP ViT-L/14 +
+    LAION MLP or MiDaS DPT-hybrid. For benchmarks; `device="meta"` allocates nothing."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, DPTForDepthEstimation
+
+    from sv3d.convert_unet import unet_config_from_network_params
+    from sv3d.unet import SV3DUNet
+
+    from .aesthetic import AestheticMLP, AestheticScorer
+    from .depth import DepthConditioner, dpt_hybrid_config
+    from .pipeline import Hi3DPipeline
+    from .specs import stage_spec
+
+    spec = stage_spec(stage)
+    params = {"model_channels": 320, "channel_mult": [1, 2, 4, 4], "attention_resolutions": [4, 2, 1], "num_head_channels": 64,
+              "context_dim": 1024, "in_channels": spec.extra["in_channels"], "num_res_blocks": 2, "transformer_depth": 1}
+    with torch.device(device):
+        cfg = unet_config_from_network_params(params, spec.vector_widths, spec.num_frames)
+        unet = SV3DUNet(**cfg, addition_time_embed_kinds=spec.extra["vector_kinds"]).to(dtype)
+        vae_kw = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                      up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, scaling_factor=0.18215)
+        vae, first = AutoencoderKL(**vae_kw), AutoencoderKL(**vae_kw)
+        vith = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=1280, intermediate_size=5120, projection_dim=1024,
+                                                              num_hidden_layers=32, num_attention_heads=16, image_size=224,
+                                                              patch_size=14, hidden_act="gelu", layer_norm_eps=1e-5)).to(dtype)
+        aesthetic = depth = None
+        if stage == "stage1":
+            vitl = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, projection_dim=768,
+                                                                  num_hidden_layers=24, num_attention_heads=16, image_size=224,
+                                                                  patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5)).to(dtype)
+            aesthetic = AestheticScorer(vitl, AestheticMLP(768))
+        else:
+            shapes = midas_dpt_hybrid_shapes(768, 12, 24, 64, (256, 512, 1024), (3, 4, 9), 256, 4, 1000)
+            dpt = DPTForDepthEstimation(dpt_hybrid_config({k: torch.empty(s, device="meta") for k, s in shapes.items()})).to(dtype)
+            depth = DepthConditioner(dpt, spec.extra["depth_shuffle"], spec.extra["depth_scale_factor"])
+    # a few diffusers buffers are made with the legacy torch.Tensor constructor, which ignores the device context
+    for m in (unet, vae, first, vith, aesthetic, depth):
+        if m is not None:
+            m.to(device)
+    return Hi3DPipeline(unet, vae, vith, spec, None, first, aesthetic, depth)
