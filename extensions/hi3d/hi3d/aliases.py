@@ -5,11 +5,27 @@ DIR/temp_image/{rgba,white}.png, DIR/first_step/first.mp4, DIR/second_step_video
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 from typing import Sequence
 
+
 from .run import build_parser, main
+
+_CKPT = {1: "ckpts/first_stage.pt", 2: "ckpts/second_stage.pt"}
+
+
+def alias_main(stage: int, doc: str) -> int:
+    """The seed's `pipeline_i2v_eval_v0{stage}.py` flags; other flags go to hi3d.run."""
+    p = argparse.ArgumentParser(description=doc)
+    p.add_argument("--denoise_config", default=None, help="ignored: the model is described by the checkpoint")
+    p.add_argument("--denoise_checkpoint", default=_CKPT[stage])
+    p.add_argument("--image_path", required=True)
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--elevation", type=int, default=0)
+    a, rest = p.parse_known_args()
+    return run_alias(stage, a.denoise_checkpoint, a.image_path, a.output_dir, a.elevation, rest)
 
 
 def run_alias(stage: int, checkpoint: str, image: str, output_dir: str, elevation: int, extra: Sequence[str] = ()) -> int:

@@ -17,43 +17,19 @@ _NETWORK = {"num_head_channels": 64, "context_dim": 1024}
 
 def stage_spec(stage: str, num_head_channels: int = 64) -> ModelSpec:
     """ModelSpec of Hi3D stage 1 (image -> 16-view orbit at 512²) or stage 2 (16-view refiner at 1024²)."""
-    network = dict(_NETWORK, num_head_channels=int(num_head_channels))
+    # shared by both stages: OpenCLIP at embedder 0, condition-frame encoder at 3, SVD-xt image-decoder first stage,
+    # linear per-frame guider from 1.0, Euler-EDM 25 steps, 16 frames, cond_aug 0.02
+    common = dict(network=dict(_NETWORK, num_head_channels=int(num_head_channels)), clip_index=0, cond_frames_index=3,
+                  first_stage="autoencoder_kl", guider="linear", min_scale=1.0, num_frames=16, num_steps=25, cond_aug=0.02)
     if stage == "stage1":
-        return ModelSpec(
-            version="hi3d_stage1",
-            network=network,
-            vector_keys=["aesthetic", "elevation", "cond_aug"],
-            vector_widths=[256, 256, 256],
-            clip_index=0,
-            cond_frames_index=3,
-            first_stage="autoencoder_kl",
-            guider="linear",
-            min_scale=1.0,
-            max_scale=2.5,
-            num_frames=16,
-            num_steps=25,
-            cond_aug=0.02,
-            extra={"vector_kinds": [AESTHETIC_SLOT, "sinusoid", "sinusoid"], "aesthetic_index": 1, "resolution": 512,
-                   "in_channels": 8},
-        )
+        return ModelSpec(version="hi3d_stage1", vector_keys=["aesthetic", "elevation", "cond_aug"], vector_widths=[256, 256, 256],
+                         max_scale=2.5, extra={"vector_kinds": [AESTHETIC_SLOT, "sinusoid", "sinusoid"], "aesthetic_index": 1,
+                                               "resolution": 512, "in_channels": 8}, **common)
     if stage == "stage2":
-        return ModelSpec(
-            version="hi3d_stage2",
-            network=network,
-            vector_keys=["elevation", "cond_aug"],
-            vector_widths=[256, 256],
-            clip_index=0,
-            cond_frames_index=3,
-            first_stage="autoencoder_kl",
-            guider="linear",
-            min_scale=1.0,
-            max_scale=2.0,
-            num_frames=16,
-            num_steps=25,
-            cond_aug=0.02,
-            extra={"vector_kinds": ["sinusoid", "sinusoid"], "depth_index": 2, "resolution": 1024, "in_channels": 17,
-                   "depth_shuffle": 3, "depth_scale_factor": 2.6666, "anchor_power": 40.0},
-        )
+        return ModelSpec(version="hi3d_stage2", vector_keys=["elevation", "cond_aug"], vector_widths=[256, 256], max_scale=2.0,
+                         extra={"vector_kinds": ["sinusoid", "sinusoid"], "depth_index": 2, "resolution": 1024,
+                                "in_channels": 17, "depth_shuffle": 3, "depth_scale_factor": 2.6666, "anchor_power": 40.0},
+                         **common)
     raise ValueError(f"unknown Hi3D stage {stage!r}; use one of {STAGE_NAMES}")
 
 
