@@ -107,7 +107,7 @@ class MVDreamSystem(BaseLift3DSystem):
         guidance = build_module(self.cfg.guidance_type, self._guidance_cfg, "system.guidance")
         self.guidance = guidance.to(self.device)
         if self._trainer is not None:
-            self.guidance.update_step(self.true_current_epoch, self.true_global_step)
+            self.guidance.do_update_step(self.true_current_epoch, self.true_global_step)
 
     def release_prior(self) -> None:
         self.guidance = None
