@@ -13,6 +13,7 @@ from threestudio.models.prompt_processors.base import PromptProcessorOutput
 from threestudio.models.prompt_processors.mvdream_prompt_processor import MVDreamPromptProcessor
 from threestudio.systems import mvdream_system
 from threestudio.utils.config import ConfigError, load_config
+from threestudio.utils.losses import orient_loss
 from threestudio.utils.ops import orbit_c2w
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -275,28 +276,6 @@ def test_prompt_processor_config_errors(mvdream_tiny_ckpt, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- system
-def test_regularisers_match_their_formulas():
-    gen = torch.Generator().manual_seed(0)
-    opacity = torch.rand(2, 3, 3, 1, generator=gen)
-    opacity[0, 0, 0] = 0.0
-    normal = torch.nn.functional.normalize(torch.randn(10, 3, generator=gen), dim=-1)
-    dirs = torch.nn.functional.normalize(torch.randn(10, 3, generator=gen), dim=-1)
-    weights = torch.rand(10, 1, generator=gen)
-    z_var = torch.rand(2, 3, 3, 1, generator=gen)
-    out = {"opacity": opacity, "normal": normal, "t_dirs": dirs, "weights": weights, "z_variance": z_var}
-
-    facing = torch.clamp((normal * dirs).sum(-1), min=0)
-    expected_orient = (weights[:, 0] * facing ** 2).sum() / 17
-    torch.testing.assert_close(mvdream_system.orient_loss(out), expected_orient)
-    torch.testing.assert_close(mvdream_system.sparsity_loss(out), torch.sqrt(opacity ** 2 + 0.01).mean())
-    p = opacity.clamp(1e-3, 1 - 1e-3)
-    torch.testing.assert_close(mvdream_system.opaque_loss(out), -(p * p.log() + (1 - p) * (1 - p).log()).mean())
-    torch.testing.assert_close(mvdream_system.z_variance_loss(out), z_var[opacity > 0.5].mean())
-    assert mvdream_system.z_variance_loss({"opacity": opacity * 0, "z_variance": z_var}).item() == 0.0
-    with pytest.raises(ConfigError, match="normal_type"):
-        mvdream_system.orient_loss({"opacity": opacity})
-
-
 TINY = [
     "system.geometry.pos_encoding_config.n_levels=4",
     "system.geometry.pos_encoding_config.log2_hashmap_size=12",
@@ -328,7 +307,7 @@ def test_sds_gradients_reach_the_geometry(mvdream_tiny_ckpt, tmp_path):
     torch.manual_seed(0)
     out = system(batch)
     loss = system.guidance(out["comp_rgb"], system.prompt_utils, **batch)["loss_sds"]
-    loss = loss + mvdream_system.orient_loss(out)
+    loss = loss + orient_loss(out["weights"], out["normal"], out["t_dirs"], out["opacity"])
     loss.backward()
     for name in ("geometry.encoding", "geometry.density_network", "geometry.feature_network", "background"):
         grads = [p.grad for p in system.get_submodule(name).parameters()]
