@@ -139,7 +139,8 @@ def test_geometry_and_exporter_share_one_extraction_path(tmp_path):
     grid = geo.density_grid(resolution=24)
     assert mesh.extras["threshold"] == pytest.approx(otsu_threshold(grid.numpy()))
     exporter = build_module("mesh-exporter", {"isosurface_resolution": 24, "fill_cavities": False,
-                                              "remove_floaters": False, "decimate_target_faces": None},
+                                              "remove_floaters": False, "decimate_target_faces": None,
+                                              "repair_manifold": False},
                             "system.exporter", geometry=geo, material=None)
     vertices, faces = exporter.extract_mesh()
     np.testing.assert_array_equal(vertices, mesh.vertices.numpy())
