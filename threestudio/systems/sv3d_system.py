@@ -47,7 +47,6 @@ class SV3DSystem(BaseLift3DSystem):
         photometric_mask_threshold: float = 0.02  # SV3D frames are on white: mask = differs from white by this
 
     cfg: Config
-    checkpoint_exclude = ("guidance",)
 
     def configure(self) -> None:
         super().configure()
@@ -125,8 +124,14 @@ class SV3DSystem(BaseLift3DSystem):
         return os.path.join(self.get_save_dir(), "sv3d_orbit")
 
     def on_fit_start(self) -> None:
+        # the prior loads when training starts (never for --test/--export), so errors come before any step
+        self.guidance.load_prior()
         if self.cfg.photometric_orbit:
             self.reference_orbit = self.load_or_sample_orbit()
+
+    def on_fit_end(self) -> None:
+        # testing and exporting after training do not need the prior's memory
+        self.guidance.prior.release()
 
     def load_or_sample_orbit(self) -> tuple[Tensor, Tensor]:
         """(frames (N, S, S, 3) on white, masks (N, S, S, 1)) of the SV3D orbit, sampled once per trial."""
