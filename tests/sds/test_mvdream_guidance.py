@@ -252,7 +252,8 @@ def test_prompt_embeddings_are_cached_and_reused(mvdream_tiny_ckpt, tmp_path, mo
     torch.testing.assert_close(utils.uncond_text_embeddings, expected[1:2])
     rows = utils.get_text_embeddings(8)
     assert rows.shape == (16, 77, expected.shape[-1])
-    assert torch.equal(rows[7], expected[0]) and torch.equal(rows[8], expected[1])
+    # [uncond; cond]: the negative prompt's rows first, as in the model packages
+    assert torch.equal(rows[7], expected[1]) and torch.equal(rows[8], expected[0])
 
     # second run: everything from the cache, the text encoder is never loaded
     def no_loading(*args, **kwargs):

@@ -239,7 +239,7 @@ class MVDreamMultiviewDiffusionGuidance(BaseModule):
             camera=torch.cat([camera, camera]).to(device=latents_noisy.device, dtype=self.weights_dtype),
             num_views=self.cfg.n_view,
         ).sample.float()
-        eps_text, eps_uncond = eps.chunk(2)
+        eps_uncond, eps_text = eps.chunk(2)  # [uncond; cond], as the text embeddings
         return eps_text, eps_uncond
 
     def rescaled_x0(self, x0: Tensor, x0_text: Tensor) -> Tensor:
