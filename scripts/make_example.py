@@ -4,7 +4,7 @@
     python scripts/make_example.py --seed 7 --out /tmp/obj7   # an unseen object of the same kind
 
 Writes `transforms_{train,val,test}.json` (camera_angle_x, c2w `transform_matrix` in the z-up world
-with OpenGL camera axes, DESIGN.md §3), `train/*.png`, `test/*.png` (validation reuses the first test
+with OpenGL camera axes, docs/architecture.md §3), `train/*.png`, `test/*.png` (validation reuses the first test
 views) and `scene.json` (the analytic object, ground truth for benchmarks/bench_reconstruction.py).
 """
 from __future__ import annotations

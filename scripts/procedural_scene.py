@@ -1,7 +1,7 @@
 """Analytic coloured-primitive objects: exact ray casting, surface sampling and distances in NumPy.
 
 Used to make the bundled example (`scripts/make_example.py`) and the ground truth of the
-reconstruction benchmark (`benchmarks/bench_reconstruction.py`). World axes follow DESIGN.md §3
+reconstruction benchmark (`benchmarks/bench_reconstruction.py`). World axes follow docs/architecture.md §3
 (z up); cameras use OpenGL axes. Surfaces are unlit: the colour seen is the surface colour
 (albedo), so a reconstructed texture can be compared with it directly.
 """

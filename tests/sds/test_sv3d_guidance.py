@@ -61,7 +61,7 @@ def fixed_noise(seed=2):
 
 
 def hand_denoised(guidance, z, sigma, eps, ids):
-    """CFG denoiser written out from DESIGN.md §5: EDM v-prediction scalings, zeroed conditioning for the
+    """CFG denoiser written out from generative-models' definitions: EDM v-prediction scalings, zeroed conditioning for the
     unconditional branch, triangle scale 1 at frames 0 and 20, 2.5 at frame 10."""
     pipe = guidance.pipe
     x = (z + sigma * eps)[None]

@@ -2,7 +2,7 @@
 
 Training batches are random rays drawn from all training pixels, shaped as a (1, N, 1, 3) "image" so the
 renderer takes them like any view; validation and test batches are whole views (test may instead be a
-120-frame orbit for the video). Conventions: DESIGN.md §3.
+120-frame orbit for the video). Conventions: docs/architecture.md §3.
 """
 from __future__ import annotations
 

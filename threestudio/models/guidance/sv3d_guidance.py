@@ -1,6 +1,6 @@
 """`sv3d-guidance`: score distillation with SV3D on the 21-view orbit around the object.
 
-SDS in EDM form (DESIGN.md §5): the rendered orbit is encoded to scaled latents z (VAE encoder, gradient through
+SDS in EDM form (generative-models' v-prediction EDM denoiser): the rendered orbit is encoded to scaled latents z (VAE encoder, gradient through
 it), noised to x = z + σ·ε with one σ per step (log-uniform in [sigma_min, sigma_max], both schedulable), and
 denoised by the frozen SV3D denoiser D with classifier-free guidance at SV3D's per-frame triangle scale. The
 SDS gradient ∝ (z - D(x; σ)) is applied as an x0-reconstruction loss
