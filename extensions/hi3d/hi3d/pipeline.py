@@ -60,12 +60,15 @@ class Hi3DPipeline(SV3DPipeline):
     """One Hi3D stage: UNet (SV3DUNet), conditioning VAE, first-stage autoencoder, ViT-H image encoder, and the
     stage's extra embedder (stage 1: aesthetic scorer; stage 2: depth conditioner)."""
 
-    def __init__(self, unet, vae, image_encoder, spec: ModelSpec, load_report: Optional[Hi3DLoadReport] = None,
-                 first_stage=None, aesthetic: Optional[AestheticScorer] = None, depth: Optional[DepthConditioner] = None):
+    model_cpu_offload_seq = "image_encoder->aesthetic->depth->unet->vae"
+
+    def __init__(self, unet, vae, image_encoder, spec: Optional[ModelSpec] = None,
+                 load_report: Optional[Hi3DLoadReport] = None, first_stage=None,
+                 aesthetic: Optional[AestheticScorer] = None, depth: Optional[DepthConditioner] = None):
         super().__init__(unet, vae, image_encoder, spec, load_report)
-        self.first_stage = first_stage.eval() if first_stage is not None else None
-        self.aesthetic = aesthetic
-        self.depth = depth
+        self.register_modules(first_stage=first_stage.eval() if first_stage is not None else None,
+                              aesthetic=aesthetic.eval() if aesthetic is not None else None,
+                              depth=depth.eval() if depth is not None else None)
 
     @property
     def stage(self) -> str:
@@ -116,14 +119,18 @@ class Hi3DPipeline(SV3DPipeline):
             pipe.to(device, torch_dtype)
         return pipe
 
-    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "Hi3DPipeline":
-        super().to(device, dtype)
+    def to(self, *args, **kwargs) -> "Hi3DPipeline":
+        """As SV3DPipeline.to; a dtype also casts the aesthetic CLIP tower and the depth model (the LAION MLP and
+        the VAEs stay float32)."""
+        device = next((a for a in args if a is not None and not isinstance(a, torch.dtype)), kwargs.get("device"))
+        dtype = next((a for a in args if isinstance(a, torch.dtype)), kwargs.get("dtype"))
+        super().to(*args, **kwargs)
         kw = {"device": device} if dtype is None else {"device": device, "dtype": dtype}
-        for m in (self.aesthetic.clip if self.aesthetic is not None else None, self.depth):
-            if m is not None:
-                m.to(**kw)
-        if self.aesthetic is not None and device is not None:
+        if self.aesthetic is not None:
+            self.aesthetic.clip.to(**kw)
             self.aesthetic.mlp.to(device=device)
+        if self.depth is not None:
+            self.depth.to(**kw)
         if self.first_stage is not None and device is not None:
             self.first_stage.to(device=device)
         return self
