@@ -6,8 +6,9 @@
 
 Memory figures: "peak tensors" is the largest total size of live tensors created inside the measured call (weights
 excluded), tracked per operator (on the meta device nothing is allocated, so full-size plans can be sized on any
-machine; attention there runs PyTorch's math path, i.e. the 16384² score matrix of 128² latents is counted, as
-without flash/memory-efficient kernels); "peak RSS" the process's; on CUDA torch.cuda.max_memory_allocated.
+machine; scaled_dot_product_attention is counted as a fused kernel, i.e. its output only, as flash /
+memory-efficient attention on CUDA, except in the rows marked "math attention" / "sliced attention");
+"peak RSS" the process's; on CUDA torch.cuda.max_memory_allocated.
 """
 from __future__ import annotations
 
@@ -56,9 +57,22 @@ class PeakTensors(TorchDispatchMode):
         self.live -= n
 
 
-def peak_of(fn: Callable[[], Any]) -> float:
-    with torch.no_grad(), PeakTensors() as mode:
-        fn()
+def _flash_like_sdpa(q, k, v, *args, **kwargs):
+    """Stand-in for a fused (flash / memory-efficient) attention kernel: allocates only its output."""
+    return q.new_empty(*q.shape[:-1], v.shape[-1])
+
+
+def peak_of(fn: Callable[[], Any], fused_attention: bool = True) -> float:
+    """Peak of live tensors created by fn; with `fused_attention`, scaled_dot_product_attention is counted as a
+    fused kernel (output only, as flash / memory-efficient attention on CUDA), else PyTorch's math path is run."""
+    real = torch.nn.functional.scaled_dot_product_attention
+    if fused_attention:
+        torch.nn.functional.scaled_dot_product_attention = _flash_like_sdpa
+    try:
+        with torch.no_grad(), PeakTensors() as mode:
+            fn()
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = real
     return mode.peak / GB
 
 
@@ -86,19 +100,24 @@ def memory_plan() -> None:
             return lambda: edm_denoise(pipe.unet, torch.cat([x] * batch), torch.ones(batch), torch.cat([concat] * batch),
                                        torch.cat([ctx] * batch), torch.cat([ids] * batch))
 
-        rows.append(("UNet call, CFG batched (32 frames)", peak_of(denoise(2))))
-        rows.append(("UNet call, CFG sequential (16 frames)", peak_of(denoise(1))))
+        def add(name: str, fn: Callable[[], Any], fused: bool = True) -> None:
+            t0 = time.perf_counter()
+            rows.append((name, peak_of(fn, fused)))
+            print(f"  {name}: {rows[-1][1]:.2f} GiB ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+        add("UNet call, CFG batched (32 frames), fused attention", denoise(2))
+        add("UNet call, CFG sequential (16 frames), fused attention", denoise(1))
+        add("UNet call, CFG sequential, math attention (no fused kernel)", denoise(1), fused=False)
         pipe.enable_attention_slicing(1)
-        rows.append(("UNet call, CFG sequential + attention slicing 1", peak_of(denoise(1))))
-        rows.append(("UNet call, CFG batched + attention slicing 1", peak_of(denoise(2))))
+        add("UNet call, CFG sequential, sliced attention (slice 1)", denoise(1), fused=False)
         frames = torch.zeros(t, 3, 1024, 1024)
-        rows.append(("VAE encode 16 frames at once (fp32)", peak_of(lambda: pipe.vae.encode(frames).latent_dist.mode())))
-        rows.append(("VAE encode 1 frame at a time", peak_of(lambda: pipe.vae.encode(frames[:1]).latent_dist.mode())))
-        rows.append(("VAE decode 16 frames at once (fp32)", peak_of(lambda: pipe.vae.decode(x[0]).sample)))
-        rows.append(("VAE decode 1 frame at a time", peak_of(lambda: pipe.vae.decode(x[0, :1]).sample)))
+        add("VAE encode 16 frames at once (fp32)", lambda: pipe.vae.encode(frames).latent_dist.mode())
+        add("VAE encode 1 frame at a time", lambda: pipe.vae.encode(frames[:1]).latent_dist.mode())
+        add("VAE decode 16 frames at once (fp32)", lambda: pipe.vae.decode(x[0]).sample)
+        add("VAE decode 1 frame at a time", lambda: pipe.vae.decode(x[0, :1]).sample)
         half = frames.half()
-        rows.append(("DPT depth, 16 frames at once (fp16)", peak_of(lambda: pipe.depth(half, chunk=None))))
-        rows.append(("DPT depth, 1 frame at a time", peak_of(lambda: pipe.depth(half, chunk=1))))
+        add("DPT depth, 16 frames at once (fp16)", lambda: pipe.depth(half, chunk=None))
+        add("DPT depth, 1 frame at a time", lambda: pipe.depth(half, chunk=1))
     print("\nHi3D stage 2 memory plan (1024² x 16 frames, full-size models on the meta device)")
     print(f"| {'what':56s} | GiB |\n|{'-' * 58}|-----|")
     for name, gb in weights.items():

@@ -137,11 +137,17 @@ class Hi3DPipeline(SV3DPipeline):
 
     # ------------------------------------------------------------------ memory plan
     def enable_attention_slicing(self, slice_size: Optional[int] = 1) -> None:
-        """Sliced attention in every UNet attention layer (diffusers' SlicedAttnProcessor): peak attention memory
-        / heads * slice_size, slower. None restores the default processor."""
+        """Sliced spatial self-attention (diffusers' SlicedAttnProcessor: `slice_size` frame-heads at a time): the
+        score matrix of 128² latents (16384² per frame and head) is never held for all frames at once. Only the
+        spatial attention layers are sliced: temporal attention runs over 16 frames with h*w batch entries, where
+        slicing would only add loops. None restores the default processors."""
         from diffusers.models.attention_processor import AttnProcessor2_0, SlicedAttnProcessor
 
-        self.unet.set_attn_processor(SlicedAttnProcessor(slice_size) if slice_size else AttnProcessor2_0())
+        procs = {}
+        for name in self.unet.attn_processors:
+            spatial = ".transformer_blocks." in name and ".temporal_transformer_blocks." not in name
+            procs[name] = SlicedAttnProcessor(slice_size) if (slice_size and spatial) else AttnProcessor2_0()
+        self.unet.set_attn_processor(procs)
 
     # ------------------------------------------------------------------ encoders
     @torch.no_grad()

@@ -33,7 +33,7 @@ def _env():
 
 
 @pytest.mark.slow
-def test_run_end_to_end_to_a_mesh_and_resume(tiny_dir, rgba_image, tmp_path):
+def test_run_end_to_end_to_a_mesh_and_resume(tiny_dir, rgba_image, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "hi3d.run", "--image", rgba_image, "--ckpt-dir", os.path.dirname(tiny_dir["stage1"]),
            "--out", str(out), *TINY_ARGS, *RECON]
@@ -50,13 +50,14 @@ def test_run_end_to_end_to_a_mesh_and_resume(tiny_dir, rgba_image, tmp_path):
     mesh = trimesh.load(done["glb"], force="mesh")
     assert len(mesh.faces) > 50 and os.path.isfile(done["mesh"])
     assert done["orbit"].endswith("stage2")
-    # resuming: everything done with the same settings is skipped
-    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
-    assert again.returncode == 0 and again.stdout.count("skipped") == 3, again.stdout + again.stderr[-2000:]
+    # resuming (in process: the same arguments): everything done with the same settings is skipped
+    argv = cmd[3:]
+    monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])  # for the stage-3 subprocess, were it run
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("skipped") == 3
     # other settings for a finished stage: refused without --force
-    other = subprocess.run(cmd[:-len(RECON)] + ["--stages", "1", "--seed", "5"], capture_output=True, text=True,
-                           env=_env(), timeout=300)
-    assert other.returncode == 2 and "--force" in other.stderr
+    assert main(argv[:-len(RECON)] + ["--stages", "1", "--seed", "5"]) == 2
+    assert "--force" in capsys.readouterr().err
 
 
 def test_seed_alias_v01_writes_the_reference_names(tiny_dir, rgba_image, tmp_path):
