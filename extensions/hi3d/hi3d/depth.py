@@ -201,8 +201,10 @@ class DepthConditioner(torch.nn.Module):
         """(N, 3, H, W) -> (N, sH, sW) raw MiDaS inverse depth (frames are already in MiDaS' [-1, 1] range)."""
         sh, sw = self.depth_size(*frames.shape[-2:])
         y = F.interpolate(frames.float(), size=(sh, sw), mode="bilinear", align_corners=False)
-        grid = self.dpt.config.image_size
-        return self.dpt(pixel_values=y.to(self.dpt.dtype), interpolate_pos_encoding=(sh, sw) != (grid, grid)).predicted_depth
+        # the hybrid embeddings resize their position grid to the input (as MiDaS' forward_flex); transformers'
+        # DPTModel does not forward `interpolate_pos_encoding`, so the size it checks against is set instead
+        self.dpt.dpt.embeddings.image_size = (sh, sw)
+        return self.dpt(pixel_values=y.to(self.dpt.dtype)).predicted_depth
 
     @torch.no_grad()
     def forward(self, frames: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:

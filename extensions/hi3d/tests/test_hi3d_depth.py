@@ -46,5 +46,7 @@ def test_depth_tensor_shape_and_per_frame_normalisation(pipes):
         for h0 in range(3):
             for w0 in range(3):
                 torch.testing.assert_close(out[i, 3 * h0 + w0], expected[0, h0::3, w0::3], atol=1e-6, rtol=0)
+    # another size than the model's 32² grid: the position embedding is resized (MiDaS' forward_flex)
+    assert depth(torch.zeros(1, 3, 256, 256)).shape == (1, 9, 32, 32)
     with pytest.raises(ValueError, match="too small"):
         depth(torch.zeros(1, 3, 64, 64))
