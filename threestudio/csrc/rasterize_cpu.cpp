@@ -452,3 +452,122 @@ int rs_antialias_backward(const float* color, int64_t B, int H, int W, int C, co
 }
 
 }  // extern "C"
+
+extern "C" {
+
+// out (B, H, W, C) = u a0 + v a1 + (1 - u - v) a2 of the pixel's triangle; attr (Ba, V, C) with Ba = 1 or B.
+int rs_interpolate_forward(const float* attr, int64_t Ba, int64_t V, int C, const float* rast, int64_t B, int H,
+                           int W, const int32_t* tri, float* out, int n_threads) {
+  int nt = clamp_threads(n_threads);
+  int64_t n_pix = (int64_t)H * W;
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t i = 0; i < B * n_pix; ++i) {
+    const float* r = rast + 4 * i;
+    float* o = out + i * C;
+    int f = (int)r[3] - 1;
+    if (f < 0) {
+      for (int c = 0; c < C; ++c) o[c] = 0.f;
+      continue;
+    }
+    const float* a = attr + (Ba > 1 ? (i / n_pix) * V * C : 0);
+    const float* a0 = a + (int64_t)tri[3 * f] * C;
+    const float* a1 = a + (int64_t)tri[3 * f + 1] * C;
+    const float* a2 = a + (int64_t)tri[3 * f + 2] * C;
+    float u = r[0], v = r[1];
+    for (int c = 0; c < C; ++c) o[c] = a2[c] + u * (a0[c] - a2[c]) + v * (a1[c] - a2[c]);
+  }
+  return 0;
+}
+
+// grad_attr (Ba, V, C) (if not null; scratch n_threads * Ba * V * C floats) and grad_rast (B, H, W, 4) (if not null).
+int rs_interpolate_backward(const float* attr, int64_t Ba, int64_t V, int C, const float* rast, int64_t B, int H,
+                            int W, const int32_t* tri, const float* grad_out, float* grad_attr, float* grad_rast,
+                            float* scratch, int n_threads) {
+  int nt = clamp_threads(n_threads);
+  int64_t n_pix = (int64_t)H * W;
+  int64_t attr_size = Ba * V * C;
+  if (grad_attr) std::memset(scratch, 0, sizeof(float) * nt * attr_size);
+#pragma omp parallel num_threads(nt)
+  {
+    float* acc = grad_attr ? scratch + (int64_t)omp_get_thread_num() * attr_size : nullptr;
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < B * n_pix; ++i) {
+      const float* r = rast + 4 * i;
+      const float* g = grad_out + i * C;
+      int f = (int)r[3] - 1;
+      if (grad_rast) {
+        float* gr = grad_rast + 4 * i;
+        gr[0] = gr[1] = gr[2] = gr[3] = 0.f;
+      }
+      if (f < 0) continue;
+      int64_t base = Ba > 1 ? (i / n_pix) * V * C : 0;
+      int64_t i0 = base + (int64_t)tri[3 * f] * C, i1 = base + (int64_t)tri[3 * f + 1] * C,
+              i2 = base + (int64_t)tri[3 * f + 2] * C;
+      float u = r[0], v = r[1], w = 1.f - u - v;
+      if (acc) {
+        for (int c = 0; c < C; ++c) {
+          acc[i0 + c] += u * g[c];
+          acc[i1 + c] += v * g[c];
+          acc[i2 + c] += w * g[c];
+        }
+      }
+      if (grad_rast) {
+        float gu = 0.f, gv = 0.f;
+        for (int c = 0; c < C; ++c) {
+          gu += g[c] * (attr[i0 + c] - attr[i2 + c]);
+          gv += g[c] * (attr[i1 + c] - attr[i2 + c]);
+        }
+        grad_rast[4 * i] = gu;
+        grad_rast[4 * i + 1] = gv;
+      }
+    }
+  }
+  if (grad_attr) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t j = 0; j < attr_size; ++j) {
+      float t = 0.f;
+      for (int k = 0; k < nt; ++k) t += scratch[(int64_t)k * attr_size + j];
+      grad_attr[j] = t;
+    }
+  }
+  return 0;
+}
+
+}  // extern "C"
+
+#include <algorithm>
+#include <utility>
+
+extern "C" {
+
+// opp (F, 3): the triangle across the edge opposite vertex k (vertices k+1, k+2), -1 on boundary and
+// non-manifold edges. Same result as reference.construct_topology.
+int rs_construct_topology(const int32_t* tri, int64_t F, int64_t V, int32_t* opp) {
+  std::vector<std::pair<uint64_t, int64_t>> edges(3 * F);
+  for (int64_t k = 0; k < 3; ++k) {
+    for (int64_t f = 0; f < F; ++f) {
+      uint64_t a = (uint32_t)tri[3 * f + (k + 1) % 3], b = (uint32_t)tri[3 * f + (k + 2) % 3];
+      uint64_t lo = a < b ? a : b, hi = a < b ? b : a;
+      edges[k * F + f] = {lo * (uint64_t)(V + 1) + hi, k * F + f};
+    }
+  }
+  std::sort(edges.begin(), edges.end());
+  for (int64_t i = 0; i < 3 * F; ++i) opp[i] = -1;  // filled as (k, f), transposed below
+  std::vector<int32_t> flat(3 * F, -1);
+  int64_t i = 0;
+  while (i < 3 * F) {
+    int64_t j = i + 1;
+    while (j < 3 * F && edges[j].first == edges[i].first) ++j;
+    if (j - i == 2) {
+      int64_t e0 = edges[i].second, e1 = edges[i + 1].second;
+      flat[e0] = (int32_t)(e1 % F);
+      flat[e1] = (int32_t)(e0 % F);
+    }
+    i = j;
+  }
+  for (int64_t k = 0; k < 3; ++k)
+    for (int64_t f = 0; f < F; ++f) opp[3 * f + k] = flat[k * F + f];
+  return 0;
+}
+
+}  // extern "C"

@@ -92,6 +92,8 @@ class DifferentiableRasterizer:
         if self.backend == "nvdiffrast":
             out, _ = self._dr.interpolate(attr.float().contiguous(), rast, tri.to(torch.int32).contiguous())
             return out
+        if self.backend == "cpu":
+            return cpu_kernel.interpolate(self._lib, attr, rast, tri)
         return reference.interpolate(attr, rast, tri)
 
     def texture(self, tex: Tensor, uv: Tensor, filter_mode: str = "linear", boundary_mode: str = "wrap") -> Tensor:
@@ -99,6 +101,14 @@ class DifferentiableRasterizer:
             return self._dr.texture(tex.float().contiguous(), uv.float().contiguous(), filter_mode=filter_mode,
                                     boundary_mode=boundary_mode)
         return reference.texture(tex, uv, filter_mode, boundary_mode)
+
+    def construct_topology(self, tri: Tensor) -> Any:
+        """What `antialias` takes as `topology` for this mesh (reuse it while the faces do not change)."""
+        if self.backend == "nvdiffrast":
+            return self._dr.antialias_construct_topology_hash(tri.to(torch.int32).contiguous())
+        if self.backend == "cpu":
+            return cpu_kernel.construct_topology(self._lib, tri)
+        return construct_topology(tri)
 
     def antialias(self, color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topology: Optional[Tensor] = None,
                   pos_gradient_boost: float = 1.0) -> Tensor:
@@ -109,7 +119,7 @@ class DifferentiableRasterizer:
                                       tri.to(torch.int32).contiguous(), topology_hash=topology,
                                       pos_gradient_boost=pos_gradient_boost)
         if topology is None:
-            topology = construct_topology(tri)
+            topology = self.construct_topology(tri)
         if self.backend == "cpu":
             return cpu_kernel.antialias(self._lib, color, rast, pos, tri, topology, pos_gradient_boost)
         return reference.antialias(color, rast, pos, tri, topology, pos_gradient_boost)
