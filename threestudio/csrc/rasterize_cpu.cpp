@@ -20,7 +20,8 @@
 // every pair of 4-neighbouring pixels with different triangle ids, the occluder is the pixel whose
 // triangle is nearer (or the covered one when the other shows background). If a silhouette edge of the
 // occluder's triangle (a boundary edge, or one whose neighbour faces the other way) crosses the segment
-// between the pixel centres at fraction f from the occluder, the pixel whose half contains the crossing
+// between the pixel centres at fraction f from the occluder (horizontal pairs take the edges steeper than 45°,
+// vertical pairs the flatter ones), the pixel whose half contains the crossing
 // is blended towards the other one's colour: by 0.5 - f (occluder) or f - 0.5 (the other). The blend
 // weight is differentiable in the edge's vertex positions: that is the silhouette gradient.
 
@@ -119,7 +120,7 @@ constexpr int kBandRows = 8;
 
 extern "C" {
 
-int rs_abi_version() { return 1; }
+int rs_abi_version() { return 2; }
 
 // rast (B, H, W, 4) = (u, v, z/w, id + 1).
 int rs_rasterize_forward(const float* pos, int64_t B, int64_t V, const int32_t* tri, int64_t F, int H, int W,
@@ -301,7 +302,10 @@ bool find_crossing(const float* pos, const int32_t* tri, const int32_t* opp, int
     double start = horizontal ? ox : oy;
     double dir = horizontal ? (nx - ox) : (ny - oy);
     double dt = bt - at;
-    if (dt == 0.0) continue;
+    // each edge is handled by the pairs across it: horizontal pairs for steep edges, vertical pairs for
+    // flat ones, so no pixel is blended twice for the same edge
+    double ds = std::fabs(bs - as);
+    if (horizontal ? std::fabs(dt) < ds : std::fabs(dt) <= ds) continue;
     double t = (line - at) / dt;
     if (t < 0.0 || t > 1.0) continue;
     double cs = as + t * (bs - as);

@@ -240,7 +240,8 @@ def antialias(color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topology: O
                 tt = (line - a_t) / safe_dt
                 cs = a_s + tt * (b_s - a_s)
                 fk = (cs - start) * direction
-                ok = silhouette[f, k] & (dt != 0) & (tt >= 0) & (tt <= 1) & (fk >= 0) & (fk <= 1) & ~found
+                steep = dt.abs() >= (b_s - a_s).abs() if horizontal else dt.abs() > (b_s - a_s).abs()
+                ok = silhouette[f, k] & steep & (dt != 0) & (tt >= 0) & (tt <= 1) & (fk >= 0) & (fk <= 1) & ~found
                 frac = torch.where(ok, fk, frac)
                 found = found | ok
             if pos_gradient_boost != 1.0:
