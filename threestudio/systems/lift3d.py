@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -24,6 +24,11 @@ class BaseLift3DSystem(BaseSystem):
         material: dict = field(default_factory=dict)
         background_type: str = "solid-color-background"
         background: dict = field(default_factory=dict)
+        # refinement: initialise the geometry from a coarse trial's checkpoint (its configs/parsed.yaml gives
+        # the coarse geometry, `geometry_convert_override` changes keys of it, e.g. isosurface_threshold)
+        geometry_convert_from: Optional[str] = None
+        geometry_convert_inherit_texture: bool = False
+        geometry_convert_override: dict = field(default_factory=dict)
         renderer_type: str = "nerf-volume-renderer"
         renderer: dict = field(default_factory=dict)
         exporter_type: str = "mesh-exporter"
@@ -39,13 +44,46 @@ class BaseLift3DSystem(BaseSystem):
             unknown = [p for p in getattr(self.cfg, key) if p not in PANELS]
             if unknown:
                 raise ConfigError(f"system.{key}: unknown panel(s) {unknown}; choose from {list(PANELS)}.")
-        self.geometry = build_module(self.cfg.geometry_type, self.cfg.geometry, "system.geometry")
+        if self.cfg.geometry_convert_from and not self._resumed and self.cfg.weights is None:
+            self.geometry = self.convert_geometry(self.cfg.geometry_convert_from)
+        else:
+            self.geometry = build_module(self.cfg.geometry_type, self.cfg.geometry, "system.geometry")
         self.material = build_module(self.cfg.material_type, self.cfg.material, "system.material")
         self.background = build_module(self.cfg.background_type, self.cfg.background, "system.background")
         self.renderer = build_module(
             self.cfg.renderer_type, self.cfg.renderer, "system.renderer",
             geometry=self.geometry, material=self.material, background=self.background,
         )
+
+    def convert_geometry(self, checkpoint: str) -> Any:
+        """The geometry of `system.geometry_type` made from a coarse trial's geometry (threestudio's
+        geometry_convert_from): the coarse geometry is rebuilt from <trial>/configs/parsed.yaml (plus
+        geometry_convert_override), loaded from `checkpoint`, and passed to the new type's `create_from`."""
+        from omegaconf import OmegaConf
+
+        import threestudio
+        from threestudio.utils.misc import load_module_weights
+
+        if not os.path.isfile(checkpoint):
+            raise ConfigError(f"system.geometry_convert_from: no checkpoint at '{checkpoint}' (give a coarse "
+                              "trial's ckpts/last.ckpt).")
+        parsed = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), os.pardir, "configs", "parsed.yaml")
+        if not os.path.isfile(parsed):
+            raise ConfigError(f"system.geometry_convert_from: '{checkpoint}' is not in a trial folder "
+                              f"(no {os.path.normpath(parsed)} describing its geometry).")
+        coarse = OmegaConf.load(parsed).get("system", {})
+        coarse_type = coarse.get("geometry_type", "implicit-volume")
+        coarse_cfg = OmegaConf.merge(coarse.get("geometry", {}), self.cfg.geometry_convert_override)
+        coarse_geometry = build_module(coarse_type, coarse_cfg, "system.geometry_convert_from")
+        state_dict, epoch, global_step = load_module_weights(checkpoint, module_name="geometry")
+        coarse_geometry.load_state_dict(state_dict)
+        coarse_geometry.update_step(epoch, global_step, on_load_weights=True)
+        cls = threestudio.find(self.cfg.geometry_type)
+        if not hasattr(cls, "create_from"):
+            raise ConfigError(f"system.geometry_type '{self.cfg.geometry_type}' cannot be converted from another "
+                              "geometry (no create_from); remove system.geometry_convert_from.")
+        return cls.create_from(coarse_geometry, self.cfg.geometry, copy_net=self.cfg.geometry_convert_inherit_texture,
+                               config_path="system.geometry")
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         return self.renderer(**batch)

@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import threestudio
+from threestudio.models.renderers.base import Rasterizer
 from threestudio.systems.lift3d import BaseLift3DSystem
 from threestudio.utils.config import ConfigError
+from threestudio.utils.mesh_regularizers import laplacian_smoothness, normal_consistency
 
 RGB_LOSSES = ("mse", "l1", "smooth_l1")
 RENDER_KEYS = ("rays_o", "rays_d", "light_positions", "bg_color")
@@ -72,12 +74,16 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
 
     # ----------------------------------------------------------------------------- rendering
     def render(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        if isinstance(self.renderer, Rasterizer):  # whole views with their camera matrices
+            return self.renderer(**batch)
         return self.renderer(**{k: batch[k] for k in RENDER_KEYS if k in batch})
 
     @torch.no_grad()
     def render_view(self, batch: dict[str, Any], normals: bool = False) -> dict[str, Tensor]:
         """A whole (1,H,W) view rendered in chunks of rays; returns the image-shaped outputs
         (with `comp_normal` when `normals` is set and the geometry has normals)."""
+        if isinstance(self.renderer, Rasterizer):
+            return {k: v for k, v in self.render(batch).items() if torch.is_tensor(v) and v.dim() == 4}
         renderer_cfg = getattr(self.renderer, "cfg", None)
         if normals and renderer_cfg is not None and hasattr(renderer_cfg, "return_comp_normal"):
             # normals cost extra field evaluations: ask for them only for the images that show them
@@ -134,6 +140,12 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
             n_rays = out["opacity"].numel()
             losses["distortion"] = distortion_loss(out["weights"], out["t_points"], out["t_intervals"],
                                                    out["ray_indices"], n_rays)
+        if "mesh" in out:
+            mesh = out["mesh"]
+            if self.loss_weight("normal_consistency") > 0:
+                losses["normal_consistency"] = normal_consistency(mesh.vertices, mesh.faces)
+            if self.loss_weight("laplacian_smoothness") > 0:
+                losses["laplacian_smoothness"] = laplacian_smoothness(mesh.vertices, mesh.faces)
         self.log("train/psnr", psnr(out["comp_rgb"].detach(), target), prog_bar=True)
         return self.combine_losses(losses)
 

@@ -100,13 +100,23 @@ class MeshExporter(BaseObject):
                                    self.radius(), self.cfg.chunk, device)
 
     def extract_mesh(self) -> tuple[np.ndarray, np.ndarray]:
-        """Vertices (V,3) and outward-facing faces (F,3) of the cleaned, decimated isosurface."""
+        """Vertices (V,3) and outward-facing faces (F,3) of the cleaned, decimated isosurface. A geometry that
+        is a mesh (`is_explicit_mesh`, e.g. tetrahedra-sdf-grid) gives its own; no marching cubes then."""
+        if getattr(self.geometry, "is_explicit_mesh", False):
+            mesh = self.geometry.isosurface()
+            vertices = mesh.vertices.detach().cpu().numpy().astype(np.float32)
+            faces = mesh.faces.detach().cpu().numpy().astype(np.int64)
+            logger.info("mesh of the geometry: %d vertices, %d faces", len(vertices), len(faces))
+            return self._clean(vertices, faces)
         grid = self.density_grid()
         threshold = resolve_threshold(grid, self.threshold_setting())
         if self.cfg.fill_cavities:
             grid = fill_cavities(grid, threshold)
         vertices, faces = marching_cubes(grid, threshold, self.radius())
         logger.info("marching cubes at %.4g: %d vertices, %d faces", threshold, len(vertices), len(faces))
+        return self._clean(vertices, faces)
+
+    def _clean(self, vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.cfg.remove_floaters:
             vertices, faces = remove_floaters(vertices, faces, self.cfg.floater_min_fraction)
         if self.cfg.decimate_target_faces:

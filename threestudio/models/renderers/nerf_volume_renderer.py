@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import threestudio
-from threestudio.models.renderers.base import VolumeRenderer, chunk_batch
+from threestudio.models.renderers.base import VolumeRenderer, background_per_ray, chunk_batch
 from threestudio.models.renderers.occupancy_grid import OccupancyGridEstimator
 from threestudio.models.renderers.volume_rendering import accumulate_along_rays, render_weight_from_density
 from threestudio.utils.config import ConfigError
@@ -201,7 +201,7 @@ class NeRFVolumeRenderer(VolumeRenderer):
                                            values=(t_positions - z_mean[ray_indices]) ** 2)
         z_variance = z_variance * (opacity > 0.5).float()
 
-        bg = self._background_color(bg_color, comp_rgb_bg, batch_size, height, width)
+        bg = background_per_ray(bg_color, comp_rgb_bg, batch_size, height, width)
         comp_rgb = comp_rgb_fg + bg * (1.0 - opacity)
 
         def image(x: torch.Tensor) -> torch.Tensor:
@@ -232,21 +232,3 @@ class NeRFVolumeRenderer(VolumeRenderer):
                 perturbed = positions + torch.randn_like(positions) * 1e-2
                 out["normal_perturb"] = self.geometry(perturbed, output_normal=True)["normal"]
         return out
-
-    @staticmethod
-    def _background_color(bg_color: Optional[torch.Tensor], comp_rgb_bg: torch.Tensor, batch_size: int,
-                          height: int, width: int) -> torch.Tensor:
-        n_rays = batch_size * height * width
-        if bg_color is None:
-            return comp_rgb_bg.reshape(n_rays, -1)
-        bg_color = torch.as_tensor(bg_color, dtype=comp_rgb_bg.dtype, device=comp_rgb_bg.device)
-        if bg_color.dim() == 1:  # one colour for everything
-            return bg_color.expand(n_rays, -1)
-        if bg_color.dim() == 2 and bg_color.shape[0] == batch_size:  # one colour per view
-            return bg_color[:, None, None, :].expand(batch_size, height, width, -1).reshape(n_rays, -1)
-        if bg_color.shape[:3] == (batch_size, height, width):
-            return bg_color.reshape(n_rays, -1)
-        raise ValueError(
-            f"bg_color must have shape (C,), (B, C) or (B, H, W, C) with B, H, W = {batch_size}, {height}, {width}; "
-            f"got {tuple(bg_color.shape)}."
-        )
