@@ -19,7 +19,8 @@
 // Antialiasing (the analytic silhouette antialiasing of Laine et al. 2020, in a simple 1-D form): for
 // every pair of 4-neighbouring pixels with different triangle ids, the occluder is the pixel whose
 // triangle is nearer (or the covered one when the other shows background). If a silhouette edge of the
-// occluder's triangle (a boundary edge, or one whose neighbour faces the other way) crosses the segment
+// occluder's triangle or of the same-facing triangles near it (a boundary edge, or one whose neighbour faces
+// the other way; see find_crossing) crosses the segment
 // between the pixel centres at fraction f from the occluder (horizontal pairs take the edges steeper than 45°,
 // vertical pairs the flatter ones), the pixel whose half contains the crossing
 // is blended towards the other one's colour: by 0.5 - f (occluder) or f - 0.5 (the other). The blend
@@ -120,7 +121,7 @@ constexpr int kBandRows = 8;
 
 extern "C" {
 
-int rs_abi_version() { return 2; }
+int rs_abi_version() { return 4; }
 
 // rast (B, H, W, 4) = (u, v, z/w, id + 1).
 int rs_rasterize_forward(const float* pos, int64_t B, int64_t V, const int32_t* tri, int64_t F, int H, int W,
@@ -283,52 +284,83 @@ inline bool facing(const float* pos, const int32_t* tri, int64_t f) {
   return dot(a, cross(b, c)) > 0;
 }
 
-bool find_crossing(const float* pos, const int32_t* tri, const int32_t* opp, int64_t f, int ox, int oy, int nx,
-                   int ny, int H, int W, Crossing& cr) {
-  bool front = facing(pos, tri, f);
+bool edge_crossing(const float* pos, int32_t ia, int32_t ib, int ox, int oy, int nx, int ny, int H, int W,
+                   Crossing& cr) {
   bool horizontal = oy == ny;
-  for (int k = 0; k < 3; ++k) {
-    int32_t g = opp[3 * f + k];
-    if (g >= 0 && facing(pos, tri, g) == front) continue;  // interior edge, not a silhouette
-    int32_t ia = tri[3 * f + (k + 1) % 3], ib = tri[3 * f + (k + 2) % 3];
-    const float* pa = pos + 4 * (int64_t)ia;
-    const float* pb = pos + 4 * (int64_t)ib;
-    // screen positions in pixel-centre units; "s" runs along the pair, "t" across it
-    double ax = (pa[0] / pa[3] + 1.0) * 0.5 * W - 0.5, ay = (pa[1] / pa[3] + 1.0) * 0.5 * H - 0.5;
-    double bx = (pb[0] / pb[3] + 1.0) * 0.5 * W - 0.5, by = (pb[1] / pb[3] + 1.0) * 0.5 * H - 0.5;
-    double as = horizontal ? ax : ay, at = horizontal ? ay : ax;
-    double bs = horizontal ? bx : by, bt = horizontal ? by : bx;
-    double line = horizontal ? oy : ox;
-    double start = horizontal ? ox : oy;
-    double dir = horizontal ? (nx - ox) : (ny - oy);
-    double dt = bt - at;
-    // each edge is handled by the pairs across it: horizontal pairs for steep edges, vertical pairs for
-    // flat ones, so no pixel is blended twice for the same edge
-    double ds = std::fabs(bs - as);
-    if (horizontal ? std::fabs(dt) < ds : std::fabs(dt) <= ds) continue;
-    double t = (line - at) / dt;
-    if (t < 0.0 || t > 1.0) continue;
-    double cs = as + t * (bs - as);
-    double f_ = (cs - start) * dir;
-    if (f_ < 0.0 || f_ > 1.0) continue;
-    cr.f = f_;
-    cr.va = ia;
-    cr.vb = ib;
-    // d f / d (as, at, bs, bt)
-    double dcs_das = 1.0 - t, dcs_dbs = t, dcs_dt = bs - as;
-    double dt_dat = (t - 1.0) / dt, dt_dbt = -t / dt;
-    double d_as = dir * dcs_das, d_bs = dir * dcs_dbs;
-    double d_at = dir * dcs_dt * dt_dat, d_bt = dir * dcs_dt * dt_dbt;
-    double dax = horizontal ? d_as : d_at, day = horizontal ? d_at : d_as;
-    double dbx = horizontal ? d_bs : d_bt, dby = horizontal ? d_bt : d_bs;
-    // screen = (clip / w + 1) * size / 2 - 0.5
-    cr.dfd[0][0] = dax * 0.5 * W / pa[3];
-    cr.dfd[0][1] = day * 0.5 * H / pa[3];
-    cr.dfd[0][2] = -(dax * 0.5 * W * pa[0] + day * 0.5 * H * pa[1]) / ((double)pa[3] * pa[3]);
-    cr.dfd[1][0] = dbx * 0.5 * W / pb[3];
-    cr.dfd[1][1] = dby * 0.5 * H / pb[3];
-    cr.dfd[1][2] = -(dbx * 0.5 * W * pb[0] + dby * 0.5 * H * pb[1]) / ((double)pb[3] * pb[3]);
-    return true;
+  const float* pa = pos + 4 * (int64_t)ia;
+  const float* pb = pos + 4 * (int64_t)ib;
+  // screen positions in pixel-centre units; "s" runs along the pair, "t" across it
+  double ax = (pa[0] / pa[3] + 1.0) * 0.5 * W - 0.5, ay = (pa[1] / pa[3] + 1.0) * 0.5 * H - 0.5;
+  double bx = (pb[0] / pb[3] + 1.0) * 0.5 * W - 0.5, by = (pb[1] / pb[3] + 1.0) * 0.5 * H - 0.5;
+  double as = horizontal ? ax : ay, at = horizontal ? ay : ax;
+  double bs = horizontal ? bx : by, bt = horizontal ? by : bx;
+  double line = horizontal ? oy : ox;
+  double start = horizontal ? ox : oy;
+  double dir = horizontal ? (nx - ox) : (ny - oy);
+  double dt = bt - at;
+  // each edge is handled by the pairs across it: horizontal pairs for steep edges, vertical pairs for
+  // flat ones, so no pixel is blended twice for the same edge
+  double ds = std::fabs(bs - as);
+  if (horizontal ? std::fabs(dt) < ds : std::fabs(dt) <= ds) return false;
+  double t = (line - at) / dt;
+  if (t < 0.0 || t > 1.0) return false;
+  double cs = as + t * (bs - as);
+  double f_ = (cs - start) * dir;
+  if (f_ < 0.0 || f_ > 1.0) return false;
+  cr.f = f_;
+  cr.va = ia;
+  cr.vb = ib;
+  // d f / d (as, at, bs, bt)
+  double dcs_das = 1.0 - t, dcs_dbs = t, dcs_dt = bs - as;
+  double dt_dat = (t - 1.0) / dt, dt_dbt = -t / dt;
+  double d_as = dir * dcs_das, d_bs = dir * dcs_dbs;
+  double d_at = dir * dcs_dt * dt_dat, d_bt = dir * dcs_dt * dt_dbt;
+  double dax = horizontal ? d_as : d_at, day = horizontal ? d_at : d_as;
+  double dbx = horizontal ? d_bs : d_bt, dby = horizontal ? d_bt : d_bs;
+  // screen = (clip / w + 1) * size / 2 - 0.5
+  cr.dfd[0][0] = dax * 0.5 * W / pa[3];
+  cr.dfd[0][1] = day * 0.5 * H / pa[3];
+  cr.dfd[0][2] = -(dax * 0.5 * W * pa[0] + day * 0.5 * H * pa[1]) / ((double)pa[3] * pa[3]);
+  cr.dfd[1][0] = dbx * 0.5 * W / pb[3];
+  cr.dfd[1][1] = dby * 0.5 * H / pb[3];
+  cr.dfd[1][2] = -(dbx * 0.5 * W * pb[0] + dby * 0.5 * H * pb[1]) / ((double)pb[3] * pb[3]);
+  return true;
+}
+
+// The silhouette edges searched are those of the occluder's triangle, then those of the triangles reached
+// from it through same-facing edge neighbours, breadth first (one step when the neighbour pixel shows another
+// surface, kBackgroundDepth steps when it shows background): near a silhouette the triangles next to the
+// outline are slivers that cover no pixel centre, so the covered triangle can be a few steps away from it.
+constexpr int kBackgroundDepth = 3;
+constexpr int kMaxCandidates = 1 + 3 + 9 + 27;
+
+bool find_crossing(const float* pos, const int32_t* tri, const int32_t* opp, int64_t f, int ox, int oy, int nx,
+                   int ny, int H, int W, bool background_neighbour, Crossing& cr) {
+  bool front = facing(pos, tri, f);
+  int64_t cand[kMaxCandidates];
+  int n = 1, level_start = 0, level_end = 1;
+  cand[0] = f;
+  int depth = background_neighbour ? kBackgroundDepth : 1;
+  for (int d = 0; d < depth; ++d) {
+    for (int i = level_start; i < level_end; ++i) {
+      for (int k = 0; k < 3; ++k) {
+        int64_t h = cand[i] >= 0 ? opp[3 * cand[i] + k] : -1;
+        if (h >= 0 && facing(pos, tri, h) != front) h = -1;
+        cand[n++] = h;
+      }
+    }
+    level_start = level_end;
+    level_end = n;
+  }
+  for (int c = 0; c < n; ++c) {
+    int64_t g = cand[c];
+    if (g < 0) continue;
+    for (int k = 0; k < 3; ++k) {
+      int32_t h = opp[3 * g + k];
+      if (h >= 0 && facing(pos, tri, h) == front) continue;  // interior edge, not a silhouette
+      int32_t ia = tri[3 * g + (k + 1) % 3], ib = tri[3 * g + (k + 2) % 3];
+      if (edge_crossing(pos, ia, ib, ox, oy, nx, ny, H, W, cr)) return true;
+    }
   }
   return false;
 }
@@ -351,7 +383,8 @@ inline bool pair_blend(const float* pos, const int32_t* tri, const int32_t* opp,
   int ox = p_occludes ? px : nx, oy = p_occludes ? py : ny;
   int xx = p_occludes ? nx : px, xy = p_occludes ? ny : py;
   int64_t f = (int64_t)rast[4 * io + 3] - 1;
-  if (!find_crossing(pos, tri, opp, f, ox, oy, xx, xy, H, W, cr)) return false;
+  bool background = (int)rast[4 * ix + 3] == 0;
+  if (!find_crossing(pos, tri, opp, f, ox, oy, xx, xy, H, W, background, cr)) return false;
   if (cr.f < 0.5) {  // the edge cuts the occluder's pixel: it shows some of the other side
     m = io; other = ix; weight = 0.5 - cr.f; sign = -1.0;
   } else {  // the edge cuts the neighbour's pixel: it shows some of the occluder

@@ -168,19 +168,15 @@ class TetrahedraSDFGrid(BaseGeometry):
     def create_from(cls, other: BaseGeometry, cfg: Any = None, copy_net: bool = True,
                     config_path: Optional[str] = None) -> "TetrahedraSDFGrid":
         """A DMTet grid around `other`'s isosurface (an implicit geometry with `isosurface()`,
-        `forward_field` and `forward_level`); `copy_net` also copies its texture networks (the encoding
-        and MLP configs are then taken from `other`)."""
+        `forward_field` and `forward_level`); `copy_net` also copies its texture networks, which needs the
+        same `radius`, `n_feature_dims`, `pos_encoding_config` and `mlp_network_config` in `cfg` (written out
+        in the config, so that a resumed run builds the same networks)."""
         from omegaconf import OmegaConf
-
         from scipy.spatial import cKDTree
 
+        where = config_path or "geometry"
         cfg = OmegaConf.to_container(OmegaConf.create(cfg or {}), resolve=True)
         cfg["shape_init"] = None
-        if copy_net:
-            for key in ("pos_encoding_config", "mlp_network_config", "n_feature_dims", "radius"):
-                if hasattr(other.cfg, key):
-                    cfg[key] = OmegaConf.to_container(OmegaConf.create(getattr(other.cfg, key))) \
-                        if isinstance(getattr(other.cfg, key), dict) else getattr(other.cfg, key)
         instance = cls(cfg, config_path=config_path)
         instance.to(other.bbox.device)
         coarse = other.isosurface()
@@ -210,8 +206,16 @@ class TetrahedraSDFGrid(BaseGeometry):
             if not hasattr(other, "encoding") or not hasattr(other, "feature_network"):
                 raise ConfigError(f"geometry_convert_inherit_texture: {type(other).__name__} has no texture "
                                   "networks (encoding, feature_network) to copy.")
-            instance.encoding.load_state_dict(other.encoding.state_dict())
-            instance.feature_network.load_state_dict(other.feature_network.state_dict())
+            if float(getattr(other.cfg, "radius", instance.cfg.radius)) != instance.cfg.radius:
+                raise ConfigError(f"{where}.radius ({instance.cfg.radius}) must equal the coarse geometry's "
+                                  f"({other.cfg.radius}) to inherit its texture.")
+            try:
+                instance.encoding.load_state_dict(other.encoding.state_dict())
+                instance.feature_network.load_state_dict(other.feature_network.state_dict())
+            except RuntimeError as e:
+                raise ConfigError(
+                    f"geometry_convert_inherit_texture: {where}.pos_encoding_config, mlp_network_config and "
+                    f"n_feature_dims must equal the coarse geometry's ({str(e).splitlines()[0]}).") from None
         logger.info("DMTet grid %d^3 in box %s from a %d-face coarse surface at threshold %.4g",
                     cells, box.tolist(), coarse.faces.shape[0], threshold)
         return instance

@@ -18,7 +18,7 @@ from torch import Tensor
 from threestudio.utils.cpu_kernel_build import compile_cpu_kernel, kernels_disabled
 
 _EXTENSION_NAME = "threestudio_rasterize_cpu"
-_ABI_VERSION = 2
+_ABI_VERSION = 4
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None

@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# search depth for silhouette edges next to background pixels (as kBackgroundDepth in the C++ kernel)
+BACKGROUND_DEPTH = 3
+
 
 def pixel_centers_ndc(size: int, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
     """(size,) NDC coordinates of pixel centres: (2 i + 1) / size - 1 (row 0 is y = -1)."""
@@ -224,26 +227,43 @@ def antialias(color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topology: O
             f = ids[oy, ox] - 1
             found = torch.zeros_like(f, dtype=torch.bool)
             frac = torch.zeros(len(f), dtype=torch.float64)
-            for k in range(3):
-                pa = p[t[f, (k + 1) % 3]].double()
-                pb = p[t[f, (k + 2) % 3]].double()
-                ax = (pa[:, 0] / pa[:, 3] + 1.0) * 0.5 * width - 0.5
-                ay = (pa[:, 1] / pa[:, 3] + 1.0) * 0.5 * height - 0.5
-                bx = (pb[:, 0] / pb[:, 3] + 1.0) * 0.5 * width - 0.5
-                by = (pb[:, 1] / pb[:, 3] + 1.0) * 0.5 * height - 0.5
-                a_s, a_t, b_s, b_t = (ax, ay, bx, by) if horizontal else (ay, ax, by, bx)
-                line = (oy if horizontal else ox).double()
-                start = (ox if horizontal else oy).double()
-                direction = ((xx2 - ox) if horizontal else (xy2 - oy)).double()
-                dt = b_t - a_t
-                safe_dt = torch.where(dt == 0, torch.ones_like(dt), dt)
-                tt = (line - a_t) / safe_dt
-                cs = a_s + tt * (b_s - a_s)
-                fk = (cs - start) * direction
-                steep = dt.abs() >= (b_s - a_s).abs() if horizontal else dt.abs() > (b_s - a_s).abs()
-                ok = silhouette[f, k] & steep & (dt != 0) & (tt >= 0) & (tt <= 1) & (fk >= 0) & (fk <= 1) & ~found
-                frac = torch.where(ok, fk, frac)
-                found = found | ok
+            # candidates: the occluder's triangle, then same-facing triangles reached through edge neighbours,
+            # breadth first: 1 step, or BACKGROUND_DEPTH steps next to background (see find_crossing in C++)
+            background = ids[xy2, xx2] == 0
+            levels = [f[:, None]]
+            for level in range(BACKGROUND_DEPTH):
+                parent = levels[-1]
+                child = torch.where(parent[..., None] >= 0, opp[parent.clamp(min=0)], -1)
+                child = torch.where((child >= 0) & (front[child.clamp(min=0)] == front[f][:, None, None]), child, -1)
+                if level >= 1:
+                    child = torch.where(background[:, None, None], child, -1)
+                levels.append(child.reshape(len(f), -1))
+            candidates = torch.cat(levels, dim=1)
+            for c in range(candidates.shape[1]):
+                g = candidates[:, c]
+                usable = g >= 0
+                g = g.clamp(min=0)
+                for k in range(3):
+                    pa = p[t[g, (k + 1) % 3]].double()
+                    pb = p[t[g, (k + 2) % 3]].double()
+                    ax = (pa[:, 0] / pa[:, 3] + 1.0) * 0.5 * width - 0.5
+                    ay = (pa[:, 1] / pa[:, 3] + 1.0) * 0.5 * height - 0.5
+                    bx = (pb[:, 0] / pb[:, 3] + 1.0) * 0.5 * width - 0.5
+                    by = (pb[:, 1] / pb[:, 3] + 1.0) * 0.5 * height - 0.5
+                    a_s, a_t, b_s, b_t = (ax, ay, bx, by) if horizontal else (ay, ax, by, bx)
+                    line = (oy if horizontal else ox).double()
+                    start = (ox if horizontal else oy).double()
+                    direction = ((xx2 - ox) if horizontal else (xy2 - oy)).double()
+                    dt = b_t - a_t
+                    safe_dt = torch.where(dt == 0, torch.ones_like(dt), dt)
+                    tt = (line - a_t) / safe_dt
+                    cs = a_s + tt * (b_s - a_s)
+                    fk = (cs - start) * direction
+                    steep = dt.abs() >= (b_s - a_s).abs() if horizontal else dt.abs() > (b_s - a_s).abs()
+                    ok = usable & silhouette[g, k] & steep & (dt != 0) & (tt >= 0) & (tt <= 1) & (fk >= 0) & \
+                        (fk <= 1) & ~found
+                    frac = torch.where(ok, fk, frac)
+                    found = found | ok
             if pos_gradient_boost != 1.0:
                 frac = frac.detach() + pos_gradient_boost * (frac - frac.detach())
             io = oy * width + ox
