@@ -11,6 +11,7 @@ from torch import Tensor
 from threestudio.systems.base import BaseSystem
 from threestudio.utils.base import build_module
 from threestudio.utils.config import ConfigError
+from threestudio.utils.mesh_regularizers import laplacian_smoothness, normal_consistency
 
 PANELS = ("rgb", "normal", "opacity", "depth")
 
@@ -74,7 +75,7 @@ class BaseLift3DSystem(BaseSystem):
         coarse = OmegaConf.load(parsed).get("system", {})
         coarse_type = coarse.get("geometry_type", "implicit-volume")
         coarse_cfg = OmegaConf.merge(coarse.get("geometry", {}), self.cfg.geometry_convert_override)
-        coarse_geometry = build_module(coarse_type, coarse_cfg, "system.geometry_convert_from")
+        coarse_geometry = build_module(coarse_type, coarse_cfg, "system.geometry_convert_override")
         state_dict, epoch, global_step = load_module_weights(checkpoint, module_name="geometry")
         coarse_geometry.load_state_dict(state_dict)
         coarse_geometry.update_step(epoch, global_step, on_load_weights=True)
@@ -87,6 +88,18 @@ class BaseLift3DSystem(BaseSystem):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         return self.renderer(**batch)
+
+    def mesh_losses(self, out: dict[str, Any]) -> dict[str, Tensor]:
+        """The weighted mesh regularisers (normal_consistency, laplacian_smoothness) of a mesh renderer's
+        output (`out["mesh"]`, e.g. nvdiff-rasterizer on tetrahedra-sdf-grid)."""
+        losses: dict[str, Tensor] = {}
+        for name, fn in (("normal_consistency", normal_consistency), ("laplacian_smoothness", laplacian_smoothness)):
+            if self.loss_weight(name) > 0:
+                if "mesh" not in out:
+                    raise ConfigError(f"system.loss.lambda_{name} > 0 needs a mesh renderer (nvdiff-rasterizer with "
+                                      "tetrahedra-sdf-grid); set it to 0 for volume rendering.")
+                losses[name] = fn(out["mesh"].vertices, out["mesh"].faces)
+        return losses
 
     # ------------------------------------------------------------------ images
     def _panels(self, out: dict[str, Tensor], names: list, index: int = 0) -> list[dict]:

@@ -18,7 +18,6 @@ import threestudio
 from threestudio.models.renderers.base import Rasterizer
 from threestudio.systems.lift3d import BaseLift3DSystem
 from threestudio.utils.config import ConfigError
-from threestudio.utils.mesh_regularizers import laplacian_smoothness, normal_consistency
 
 RGB_LOSSES = ("mse", "l1", "smooth_l1")
 RENDER_KEYS = ("rays_o", "rays_d", "light_positions", "bg_color")
@@ -140,12 +139,7 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
             n_rays = out["opacity"].numel()
             losses["distortion"] = distortion_loss(out["weights"], out["t_points"], out["t_intervals"],
                                                    out["ray_indices"], n_rays)
-        if "mesh" in out:
-            mesh = out["mesh"]
-            if self.loss_weight("normal_consistency") > 0:
-                losses["normal_consistency"] = normal_consistency(mesh.vertices, mesh.faces)
-            if self.loss_weight("laplacian_smoothness") > 0:
-                losses["laplacian_smoothness"] = laplacian_smoothness(mesh.vertices, mesh.faces)
+        losses.update(self.mesh_losses(out))
         self.log("train/psnr", psnr(out["comp_rgb"].detach(), target), prog_bar=True)
         return self.combine_losses(losses)
 

@@ -15,7 +15,7 @@ from threestudio.utils.base import Updateable, build_module
 from threestudio.utils.config import ConfigError, parse_structured
 from threestudio.utils.misc import cleanup
 
-LOSS_TERMS = ("sds", "orient", "sparsity", "opaque", "z_variance")
+LOSS_TERMS = ("sds", "orient", "sparsity", "opaque", "z_variance", "normal_consistency", "laplacian_smoothness")
 
 
 def orient_loss(out: dict[str, Tensor]) -> Tensor:
@@ -137,4 +137,5 @@ class MVDreamSystem(BaseLift3DSystem):
         for name, fn in _REGULARISERS.items():
             if self.loss_weight(name) != 0:
                 losses[name] = fn(out)
+        losses.update(self.mesh_losses(out))
         return self.combine_losses(losses)

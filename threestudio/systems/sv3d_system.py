@@ -114,6 +114,7 @@ class SV3DSystem(BaseLift3DSystem):
             reg_out = orbit_out
 
         losses.update(self._regularizers(reg_out))
+        losses.update(self.mesh_losses(reg_out))
         return self.combine_losses(losses)
 
     def _ref_shading(self) -> Optional[str]:
