@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
 import time
 
@@ -22,6 +21,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_hashgrid import timed  # noqa: E402
 
 from threestudio.models.rasterization import DifferentiableRasterizer, available_backends  # noqa: E402
 from threestudio.utils.ops import get_mvp_matrix, get_projection_matrix, orbit_c2w  # noqa: E402
@@ -41,19 +43,6 @@ def clip_positions(vertices: torch.Tensor, device: str) -> torch.Tensor:
     mvp = get_mvp_matrix(c2w, get_projection_matrix(torch.deg2rad(torch.tensor([40.0])), 1.0))
     homo = torch.cat([vertices, torch.ones_like(vertices[:, :1])], dim=-1)
     return (homo @ mvp[0].T)[None].to(device)
-
-
-def timed(fn, repeats: int, sync) -> tuple[float, float]:
-    fn()
-    sync()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        start, cpu = time.perf_counter(), time.process_time()
-        fn()
-        sync()
-        walls.append(time.perf_counter() - start)
-        cpus.append(time.process_time() - cpu)
-    return statistics.median(walls), statistics.median(cpus)
 
 
 def bench(backend: str, vertices: torch.Tensor, faces: torch.Tensor, res: int, repeats: int, device: str) -> dict:

@@ -68,7 +68,8 @@ def logged(trial: str, key: str) -> tuple[float, int]:
     return value, step
 
 
-def evaluate(trial: str, scene_path: str) -> tuple[float, float, float, int]:
+def evaluate_export(trial: str, scene_path: str):
+    """(MeshQuality, face count) of the trial's last exported model.obj against the scene's analytic surface."""
     import trimesh
 
     from procedural_scene import Scene
@@ -80,8 +81,12 @@ def evaluate(trial: str, scene_path: str) -> tuple[float, float, float, int]:
     mesh = trimesh.load(exports[-1], process=False)
     with open(scene_path) as fp:
         scene = Scene.from_json(fp.read())
-    quality = evaluate_mesh(mesh, scene)
-    return quality.chamfer_l1, quality.accuracy, quality.color_error, len(mesh.faces)
+    return evaluate_mesh(mesh, scene), len(mesh.faces)
+
+
+def evaluate(trial: str, scene_path: str) -> tuple[float, float, float, int]:
+    quality, faces = evaluate_export(trial, scene_path)
+    return quality.chamfer_l1, quality.accuracy, quality.color_error, faces
 
 
 def dataset_for(name: str, out_root: str) -> str:

@@ -15,7 +15,6 @@ coarse + refine <= 10 min on 2 cores.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import subprocess
 import sys
@@ -26,7 +25,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from bench_reconstruction import children_cpu_seconds, dataset_for, logged  # noqa: E402
+from bench_reconstruction import children_cpu_seconds, dataset_for, evaluate_export, logged  # noqa: E402
 
 COARSE = os.path.join(REPO, "configs", "reconstruction-example.yaml")
 REFINE = os.path.join(REPO, "configs", "reconstruction-refine.yaml")
@@ -46,19 +45,8 @@ def launch(config: str, name: str, out_root: str, tag: str, extra: list[str]) ->
 
 
 def quality(trial: str, scene_path: str) -> tuple[float, float, int]:
-    import trimesh
-
-    from procedural_scene import Scene
-    from reconstruction_metrics import evaluate_mesh
-
-    exports = sorted(glob.glob(os.path.join(trial, "save", "it*-export", "model.obj")), key=os.path.getmtime)
-    if not exports:
-        raise RuntimeError(f"No exported mesh in {trial}/save/")
-    mesh = trimesh.load(exports[-1], process=False)
-    with open(scene_path) as fp:
-        scene = Scene.from_json(fp.read())
-    q = evaluate_mesh(mesh, scene)
-    return q.chamfer_l1, q.normal_error_deg, len(mesh.faces)
+    q, faces = evaluate_export(trial, scene_path)
+    return q.chamfer_l1, q.normal_error_deg, faces
 
 
 def main(argv: list[str] | None = None) -> None:

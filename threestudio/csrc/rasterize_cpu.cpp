@@ -36,6 +36,17 @@ namespace {
 
 int clamp_threads(int n) { return n < 1 ? 1 : n; }
 
+// out[i] = sum over threads k of scratch[k * n + i]: per-thread gradient buffers, reduced in a fixed order
+// (deterministic for a given thread count).
+void reduce_thread_buffers(const float* scratch, int nt, int64_t n, float* out) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t i = 0; i < n; ++i) {
+    float t = 0.f;
+    for (int k = 0; k < nt; ++k) t += scratch[(int64_t)k * n + i];
+    out[i] = t;
+  }
+}
+
 struct V3 {
   double x, y, w;
 };
@@ -121,7 +132,7 @@ constexpr int kBandRows = 8;
 
 extern "C" {
 
-int rs_abi_version() { return 4; }
+int rs_abi_version() { return 5; }
 
 // rast (B, H, W, 4) = (u, v, z/w, id + 1).
 int rs_rasterize_forward(const float* pos, int64_t B, int64_t V, const int32_t* tri, int64_t F, int H, int W,
@@ -254,13 +265,7 @@ int rs_rasterize_backward(const float* pos, int64_t B, int64_t V, const int32_t*
         }
       }
     }
-    float* gp = grad_pos + b * V * 4;
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t i = 0; i < V * 4; ++i) {
-      float t = 0.f;
-      for (int k = 0; k < nt; ++k) t += scratch[(int64_t)k * V * 4 + i];
-      gp[i] = t;
-    }
+    reduce_thread_buffers(scratch, nt, V * 4, grad_pos + b * V * 4);
   }
   return 0;
 }
@@ -477,13 +482,7 @@ int rs_antialias_backward(const float* color, int64_t B, int H, int W, int C, co
         }
       }
     }
-    float* gp = grad_pos + b * V * 4;
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t i = 0; i < V * 4; ++i) {
-      float t = 0.f;
-      for (int k = 0; k < nt; ++k) t += scratch[(int64_t)k * V * 4 + i];
-      gp[i] = t;
-    }
+    reduce_thread_buffers(scratch, nt, V * 4, grad_pos + b * V * 4);
   }
   return 0;
 }
@@ -559,14 +558,7 @@ int rs_interpolate_backward(const float* attr, int64_t Ba, int64_t V, int C, con
       }
     }
   }
-  if (grad_attr) {
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t j = 0; j < attr_size; ++j) {
-      float t = 0.f;
-      for (int k = 0; k < nt; ++k) t += scratch[(int64_t)k * attr_size + j];
-      grad_attr[j] = t;
-    }
-  }
+  if (grad_attr) reduce_thread_buffers(scratch, nt, attr_size, grad_attr);
   return 0;
 }
 

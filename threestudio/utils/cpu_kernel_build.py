@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 import time
 import warnings
+from typing import Callable, Optional
 
 CSRC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
 STALE_LOCK_SECONDS = 600
@@ -56,3 +58,40 @@ def compile_cpu_kernel(name: str, source_file: str, abi_function: str, abi_versi
     if found != abi_version:
         raise RuntimeError(f"{path} has ABI version {found}, expected {abi_version}.")
     return lib
+
+
+class LazyKernel:
+    """A kernel library built on the first `load()` (thread-safe, attempted once per process). A failed
+    build warns once, naming the fallback, and `load()` returns None from then on."""
+
+    def __init__(self, description: str, compile_fn: Callable[[], ctypes.CDLL], fallback: str) -> None:
+        self.description = description
+        self.compile_fn = compile_fn
+        self.fallback = fallback
+        self.lib: Optional[ctypes.CDLL] = None
+        self.attempted = False
+        self.error: Optional[str] = None
+        self.build_seconds: Optional[float] = None  # time of the build (or cache check), for benchmarks
+        self._lock = threading.Lock()
+
+    def load(self) -> Optional[ctypes.CDLL]:
+        if self.attempted:
+            return self.lib
+        with self._lock:
+            if self.attempted:
+                return self.lib
+            if kernels_disabled():
+                self.error = "disabled by THREESTUDIO_DISABLE_CPU_KERNELS"
+            else:
+                start = time.perf_counter()
+                try:
+                    self.lib = self.compile_fn()
+                except Exception as e:  # noqa: BLE001 - any build failure means: use the reference
+                    self.error = f"{type(e).__name__}: {e}"
+                    self.lib = None
+                self.build_seconds = time.perf_counter() - start
+            self.attempted = True
+            if self.lib is None:
+                warnings.warn(f"The {self.description} is unavailable ({self.error}); using {self.fallback}. "
+                              "Install a C++ compiler with OpenMP (g++) and ninja to enable it.")
+        return self.lib

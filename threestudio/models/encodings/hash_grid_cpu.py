@@ -14,27 +14,19 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import threading
-import time
-import warnings
 from typing import Optional
 
 import numpy as np
 import torch
 
 from threestudio.models.encodings.hash_grid_layout import HashGridLayout
-from threestudio.utils.cpu_kernel_build import compile_cpu_kernel, kernels_disabled
+from threestudio.utils.cpu_kernel_build import LazyKernel, compile_cpu_kernel
 
 logger = logging.getLogger(__name__)
 
 _EXTENSION_NAME = "threestudio_hash_grid_cpu"
 _ABI_VERSION = 1
 
-_lock = threading.Lock()
-_lib: Optional[ctypes.CDLL] = None
-_load_attempted = False
-_load_error: Optional[str] = None
-build_seconds: Optional[float] = None  # time spent in the last build/load, for benchmarks
 
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
@@ -52,36 +44,16 @@ def _compile() -> ctypes.CDLL:
     return lib
 
 
+_kernel = LazyKernel("fused CPU hash-grid kernel", lambda: _compile(), "the slower pure-PyTorch hash grid")
+
+
 def load_kernel() -> Optional[ctypes.CDLL]:
     """The compiled kernel library, building it on first call; None if it cannot be built."""
-    global _lib, _load_attempted, _load_error, build_seconds
-    if _load_attempted:
-        return _lib
-    with _lock:
-        if _load_attempted:
-            return _lib
-        if kernels_disabled():
-            _load_error = "disabled by THREESTUDIO_DISABLE_CPU_KERNELS"
-        else:
-            start = time.perf_counter()
-            try:
-                _lib = _compile()
-            except Exception as e:  # noqa: BLE001 - any build failure means: use the reference
-                _load_error = f"{type(e).__name__}: {e}"
-                _lib = None
-            build_seconds = time.perf_counter() - start
-        _load_attempted = True
-        if _lib is None:
-            warnings.warn(
-                "The fused CPU hash-grid kernel is unavailable "
-                f"({_load_error}); using the slower pure-PyTorch hash grid. Install a C++ compiler "
-                "with OpenMP (g++) and ninja to enable it."
-            )
-    return _lib
+    return _kernel.load()
 
 
 def kernel_error() -> Optional[str]:
-    return _load_error
+    return _kernel.error
 
 
 class GridMeta:

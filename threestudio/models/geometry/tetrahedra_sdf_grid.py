@@ -17,7 +17,12 @@ import torch
 import torch.nn as nn
 
 import threestudio
-from threestudio.models.geometry.base import BaseGeometry, contract_to_unit_cube
+from threestudio.models.geometry.base import (
+    BaseGeometry,
+    contract_to_unit_cube,
+    default_mlp_network_config,
+    default_pos_encoding_config,
+)
 from threestudio.models.geometry.isosurface import IsosurfaceMesh
 from threestudio.models.geometry.marching_tetrahedra import lattice_vertices, marching_tetrahedra, surface_tetrahedra
 from threestudio.models.networks import get_encoding, get_mlp
@@ -51,25 +56,8 @@ class TetrahedraSDFGrid(BaseGeometry):
         shape_init: Optional[str] = "sphere:0.5"
         n_input_dims: int = 3
         n_feature_dims: int = 3
-        pos_encoding_config: dict = field(
-            default_factory=lambda: {
-                "otype": "HashGrid",
-                "n_levels": 16,
-                "n_features_per_level": 2,
-                "log2_hashmap_size": 19,
-                "base_resolution": 16,
-                "per_level_scale": 1.447269237440378,
-            }
-        )
-        mlp_network_config: dict = field(
-            default_factory=lambda: {
-                "otype": "VanillaMLP",
-                "activation": "ReLU",
-                "output_activation": "none",
-                "n_neurons": 64,
-                "n_hidden_layers": 1,
-            }
-        )
+        pos_encoding_config: dict = field(default_factory=default_pos_encoding_config)
+        mlp_network_config: dict = field(default_factory=default_mlp_network_config)
         geometry_only: bool = False
         fix_geometry: bool = False
 

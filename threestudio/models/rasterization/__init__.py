@@ -34,7 +34,7 @@ def available_backends() -> dict[str, Any]:
     cpu_ok = cpu_kernel.load_kernel() is not None
     return {"nvdiffrast": cuda_package_available("nvdiffrast"), "cpu": cpu_ok, "torch": True,
             "cpu_error": None if cpu_ok else cpu_kernel.kernel_error(),
-            "cpu_build_seconds": cpu_kernel.build_seconds}
+            "cpu_build_seconds": cpu_kernel.build_seconds()}
 
 
 def resolve_backend(backend: str, device: Optional[torch.device] = None) -> str:

@@ -7,24 +7,16 @@ Built on first use like the hash-grid kernel (threestudio.utils.cpu_kernel_build
 from __future__ import annotations
 
 import ctypes
-import threading
-import time
-import warnings
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from threestudio.utils.cpu_kernel_build import compile_cpu_kernel, kernels_disabled
+from threestudio.utils.cpu_kernel_build import LazyKernel, compile_cpu_kernel
 
 _EXTENSION_NAME = "threestudio_rasterize_cpu"
-_ABI_VERSION = 4
+_ABI_VERSION = 5
 
-_lock = threading.Lock()
-_lib: Optional[ctypes.CDLL] = None
-_load_attempted = False
-_load_error: Optional[str] = None
-build_seconds: Optional[float] = None
 
 _p, _i64, _i32, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 
@@ -45,35 +37,20 @@ def _compile() -> ctypes.CDLL:
     return lib
 
 
+_kernel = LazyKernel("CPU rasterizer kernel", lambda: _compile(), "the slow pure-PyTorch rasterizer")
+
+
 def load_kernel() -> Optional[ctypes.CDLL]:
     """The compiled kernel library, building it on first call; None if it cannot be built."""
-    global _lib, _load_attempted, _load_error, build_seconds
-    if _load_attempted:
-        return _lib
-    with _lock:
-        if _load_attempted:
-            return _lib
-        if kernels_disabled():
-            _load_error = "disabled by THREESTUDIO_DISABLE_CPU_KERNELS"
-        else:
-            start = time.perf_counter()
-            try:
-                _lib = _compile()
-            except Exception as e:  # noqa: BLE001 - any build failure means: use the reference
-                _load_error = f"{type(e).__name__}: {e}"
-                _lib = None
-            build_seconds = time.perf_counter() - start
-        _load_attempted = True
-        if _lib is None:
-            warnings.warn(
-                f"The CPU rasterizer kernel is unavailable ({_load_error}); using the slow pure-PyTorch "
-                "rasterizer. Install a C++ compiler with OpenMP (g++) and ninja to enable it."
-            )
-    return _lib
+    return _kernel.load()
 
 
 def kernel_error() -> Optional[str]:
-    return _load_error
+    return _kernel.error
+
+
+def build_seconds() -> Optional[float]:
+    return _kernel.build_seconds
 
 
 def _threads() -> int:
