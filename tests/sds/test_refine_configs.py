@@ -42,7 +42,7 @@ def launch(*args):
     return proc
 
 
-def check_trial(trial, steps: int, resumed_steps: int, coarse_ckpt: str) -> None:
+def check_trial(trial, steps: int, resumed_steps: int, coarse_ckpt: str, *export_args: str) -> None:
     last = trial / "ckpts" / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=False)
     assert state["global_step"] == steps
@@ -56,7 +56,7 @@ def check_trial(trial, steps: int, resumed_steps: int, coarse_ckpt: str) -> None
     assert resumed["global_step"] == resumed_steps
     assert not torch.equal(resumed["state_dict"]["geometry.sdf"], state["state_dict"]["geometry.sdf"])
     parsed, resume = str(trial / "configs" / "parsed.yaml"), f"resume={last}"
-    launch("--config", parsed, "--export", resume, "system.guidance.pretrained_model_name_or_path=/nonexistent")
+    launch("--config", parsed, "--export", resume, *export_args)
     export = trial / "save" / f"it{resumed_steps}-export"
     assert (export / "model.obj").exists() and (export / "model.glb").exists()
 
@@ -70,7 +70,9 @@ def test_mvdream_refine_config(tmp_path, mvdream_tiny_ckpt):
            "data.width=16", "data.height=16", "data.eval_height=16", "data.eval_width=16", "data.n_val_views=1",
            "data.n_test_views=2", "system.guidance.image_size=16", "system.background.random_aug=false",
            "trainer.max_steps=2", "trainer.val_check_interval=2", "checkpoint.every_n_train_steps=2", *GEOMETRY)
-    check_trial(tmp_path / "mvdream-sd21-rescale0.5-refine" / "tiny", 2, 3, coarse)
+    # exporting never loads the MVDream prior
+    check_trial(tmp_path / "mvdream-sd21-rescale0.5-refine" / "tiny", 2, 3, coarse,
+                "system.guidance.pretrained_model_name_or_path=/nonexistent")
 
 
 def test_sv3d_refine_config(tmp_path, sv3d_write_rgba):
