@@ -5,8 +5,8 @@
 
 Cameras follow the orbit convention (DESIGN.md §3): evenly spaced azimuths, the LAST frame at azimuth
 `--azimuth-offset` (the input view), looking at the origin from `--distance` with a `--fovy` field of view;
-z-up world. glTF files are y-up (our exporter rotates into y-up when writing model.glb), so they are rotated
-back to z-up (`--up auto`). Colours are unlit (the texture / vertex colours); alpha is the antialiased
+z-up world. `--up auto` reads the up axis our exporter records in OBJ/GLB files (y by default), assumes y
+for other OBJ/glTF files and z for PLY, and rotates the mesh into the z-up world. Colours are unlit (the texture / vertex colours); alpha is the antialiased
 coverage. Writes DIR/000.png ..., DIR/transforms.json (NeRF-synthetic layout, readable by
 multiview-image-datamodule) and DIR/svd_meta.jsonl ({"image_path": [...], "elevation": [...]}, one line);
 `--meta FILE` also appends that line to a shared FILE. Refuses to overwrite an existing orbit in DIR.
@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from threestudio.data.multiview_sources import orbit_azimuths  # noqa: E402
-from threestudio.models.exporters.mesh_io import Z_UP_TO_Y_UP  # noqa: E402
+from threestudio.models.exporters.mesh_io import file_up_axis, world_to_file  # noqa: E402
 from threestudio.models.rasterization import DifferentiableRasterizer  # noqa: E402
 from threestudio.utils.ops import get_mvp_matrix, get_projection_matrix, orbit_c2w  # noqa: E402
 
@@ -61,11 +61,9 @@ def load_mesh(path: str, up: str = "auto") -> TexturedMesh:
         mesh = loaded
     if not hasattr(mesh, "faces") or len(mesh.faces) == 0:
         raise SystemExit(f"render_orbit: '{path}' has no triangles.")
-    if up == "auto":
-        up = "y" if os.path.splitext(path)[1].lower() in (".glb", ".gltf") else "z"
-    vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    if up == "y":
-        vertices = vertices @ np.linalg.inv(Z_UP_TO_Y_UP)[:3, :3].T
+    if up == "auto":  # our exports record their up axis; other OBJ/glTF files are y-up, PLY z-up
+        up = file_up_axis(path) if os.path.splitext(path)[1].lower() in (".glb", ".gltf", ".obj") else "z"
+    vertices = np.asarray(mesh.vertices, dtype=np.float64) @ np.linalg.inv(world_to_file(up))[:3, :3].T
     faces = np.asarray(mesh.faces, dtype=np.int64)
     visual = mesh.visual
     uv = getattr(visual, "uv", None)
@@ -166,7 +164,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--fovy", type=float, default=40.0, help="vertical field of view, degrees")
     parser.add_argument("--azimuth-offset", type=float, default=0.0, help="azimuth of the last frame, degrees")
     parser.add_argument("--up", choices=("auto", "y", "z"), default="auto",
-                        help="the file's up axis (auto: y for glTF, z otherwise)")
+                        help="the file's up axis (auto: as recorded by our exporter, else y; z for PLY)")
     parser.add_argument("--normalize", type=float, default=None, metavar="RADIUS",
                         help="centre the mesh and scale it into a sphere of this radius")
     parser.add_argument("--backend", default="auto", help="rasterizer backend: auto | cpu | torch | nvdiffrast")

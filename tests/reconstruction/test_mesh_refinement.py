@@ -42,8 +42,9 @@ def test_convert_from_errors_name_the_key(tmp_path):
         threestudio.find(cfg.system_type)(cfg.system)
     ckpt = make_coarse_trial(str(tmp_path / "coarse"))
     cfg = load_config(CONFIG, cli_args=[f"system.geometry_convert_from={ckpt}", "system.geometry.isosurface_resolution=8"])
+    system = threestudio.find(cfg.system_type)(cfg.system)  # converts when training starts
     with pytest.raises(ConfigError, match="pos_encoding_config, mlp_network_config"):
-        threestudio.find(cfg.system_type)(cfg.system)  # the refine config's hash grid is not the coarse one's
+        system.convert_geometry(ckpt)  # the refine config's hash grid is not the coarse one's
 
 
 @pytest.mark.slow

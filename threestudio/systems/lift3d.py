@@ -11,7 +11,6 @@ from torch import Tensor
 from threestudio.systems.base import BaseSystem
 from threestudio.utils.base import build_module
 from threestudio.utils.config import ConfigError
-from threestudio.utils.mesh_regularizers import laplacian_smoothness, normal_consistency
 
 PANELS = ("rgb", "normal", "opacity", "depth")
 
@@ -45,16 +44,34 @@ class BaseLift3DSystem(BaseSystem):
             unknown = [p for p in getattr(self.cfg, key) if p not in PANELS]
             if unknown:
                 raise ConfigError(f"system.{key}: unknown panel(s) {unknown}; choose from {list(PANELS)}.")
-        if self.cfg.geometry_convert_from and not self._resumed and self.cfg.weights is None:
-            self.geometry = self.convert_geometry(self.cfg.geometry_convert_from)
-        else:
-            self.geometry = build_module(self.cfg.geometry_type, self.cfg.geometry, "system.geometry")
+        self.geometry = build_module(self.cfg.geometry_type, self.cfg.geometry, "system.geometry")
+        # refinement: the coarse trial is converted when training starts from scratch (not when a checkpoint
+        # of this trial is resumed, tested or exported: the checkpoint then holds the converted geometry)
+        self._convert_pending = bool(self.cfg.geometry_convert_from) and self.cfg.weights is None
+        if self._convert_pending:
+            self._coarse_trial_config(self.cfg.geometry_convert_from)
         self.material = build_module(self.cfg.material_type, self.cfg.material, "system.material")
         self.background = build_module(self.cfg.background_type, self.cfg.background, "system.background")
         self.renderer = build_module(
             self.cfg.renderer_type, self.cfg.renderer, "system.renderer",
             geometry=self.geometry, material=self.material, background=self.background,
         )
+
+    def _coarse_trial_config(self, checkpoint: str) -> str:
+        """<trial>/configs/parsed.yaml of a coarse checkpoint; errors name system.geometry_convert_from."""
+        if not os.path.isfile(checkpoint):
+            raise ConfigError(f"system.geometry_convert_from: no checkpoint at '{checkpoint}' (give a coarse "
+                              "trial's ckpts/last.ckpt).")
+        parsed = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), os.pardir, "configs", "parsed.yaml")
+        if not os.path.isfile(parsed):
+            raise ConfigError(f"system.geometry_convert_from: '{checkpoint}' is not in a trial folder "
+                              f"(no {os.path.normpath(parsed)} describing its geometry).")
+        import threestudio
+
+        if not hasattr(threestudio.find(self.cfg.geometry_type), "create_from"):
+            raise ConfigError(f"system.geometry_type '{self.cfg.geometry_type}' cannot be converted from another "
+                              "geometry (no create_from); remove system.geometry_convert_from.")
+        return parsed
 
     def convert_geometry(self, checkpoint: str) -> Any:
         """The geometry of `system.geometry_type` made from a coarse trial's geometry (threestudio's
@@ -65,41 +82,30 @@ class BaseLift3DSystem(BaseSystem):
         import threestudio
         from threestudio.utils.misc import load_module_weights
 
-        if not os.path.isfile(checkpoint):
-            raise ConfigError(f"system.geometry_convert_from: no checkpoint at '{checkpoint}' (give a coarse "
-                              "trial's ckpts/last.ckpt).")
-        parsed = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), os.pardir, "configs", "parsed.yaml")
-        if not os.path.isfile(parsed):
-            raise ConfigError(f"system.geometry_convert_from: '{checkpoint}' is not in a trial folder "
-                              f"(no {os.path.normpath(parsed)} describing its geometry).")
-        coarse = OmegaConf.load(parsed).get("system", {})
+        coarse = OmegaConf.load(self._coarse_trial_config(checkpoint)).get("system", {})
         coarse_type = coarse.get("geometry_type", "implicit-volume")
         coarse_cfg = OmegaConf.merge(coarse.get("geometry", {}), self.cfg.geometry_convert_override)
         coarse_geometry = build_module(coarse_type, coarse_cfg, "system.geometry_convert_override")
         state_dict, epoch, global_step = load_module_weights(checkpoint, module_name="geometry")
         coarse_geometry.load_state_dict(state_dict)
-        coarse_geometry.update_step(epoch, global_step, on_load_weights=True)
-        cls = threestudio.find(self.cfg.geometry_type)
-        if not hasattr(cls, "create_from"):
-            raise ConfigError(f"system.geometry_type '{self.cfg.geometry_type}' cannot be converted from another "
-                              "geometry (no create_from); remove system.geometry_convert_from.")
-        return cls.create_from(coarse_geometry, self.cfg.geometry, copy_net=self.cfg.geometry_convert_inherit_texture,
-                               config_path="system.geometry")
+        coarse_geometry.do_update_step(epoch, global_step, on_load_weights=True)
+        return threestudio.find(self.cfg.geometry_type).create_from(
+            coarse_geometry, self.cfg.geometry, copy_net=self.cfg.geometry_convert_inherit_texture,
+            config_path="system.geometry")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._convert_pending = False  # the checkpoint holds the converted (and trained) geometry
+
+    def on_train_start(self) -> None:
+        if self._convert_pending:
+            converted = self.convert_geometry(self.cfg.geometry_convert_from)
+            # in place: the optimizer already holds the geometry's parameters
+            self.geometry.load_state_dict(converted.state_dict())
+            self._convert_pending = False
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         return self.renderer(**batch)
-
-    def mesh_losses(self, out: dict[str, Any]) -> dict[str, Tensor]:
-        """The weighted mesh regularisers (normal_consistency, laplacian_smoothness) of a mesh renderer's
-        output (`out["mesh"]`, e.g. nvdiff-rasterizer on tetrahedra-sdf-grid)."""
-        losses: dict[str, Tensor] = {}
-        for name, fn in (("normal_consistency", normal_consistency), ("laplacian_smoothness", laplacian_smoothness)):
-            if self.loss_weight(name) > 0:
-                if "mesh" not in out:
-                    raise ConfigError(f"system.loss.lambda_{name} > 0 needs a mesh renderer (nvdiff-rasterizer with "
-                                      "tetrahedra-sdf-grid); set it to 0 for volume rendering.")
-                losses[name] = fn(out["mesh"].vertices, out["mesh"].faces)
-        return losses
 
     # ------------------------------------------------------------------ images
     def _panels(self, out: dict[str, Tensor], names: list, index: int = 0) -> list[dict]:

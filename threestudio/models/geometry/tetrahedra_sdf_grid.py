@@ -23,12 +23,35 @@ from threestudio.models.geometry.base import (
     default_mlp_network_config,
     default_pos_encoding_config,
 )
-from threestudio.models.geometry.isosurface import IsosurfaceMesh
+from threestudio.models.exporters.isosurface import IsosurfaceMesh
 from threestudio.models.geometry.marching_tetrahedra import lattice_vertices, marching_tetrahedra, surface_tetrahedra
 from threestudio.models.networks import get_encoding, get_mlp
 from threestudio.utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
+
+
+def drop_small_components(vertices: torch.Tensor, faces: torch.Tensor, min_faces: float
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Remove connected components with fewer faces than `min_faces` (a fraction of all faces if < 1),
+    keeping the vertices differentiable (they are indexed, not copied through NumPy)."""
+    import scipy.sparse
+    import scipy.sparse.csgraph
+
+    f = faces.detach().cpu().numpy()
+    n = vertices.shape[0]
+    graph = scipy.sparse.coo_matrix((np.ones(2 * len(f)), (np.concatenate([f[:, 0], f[:, 1]]),
+                                                          np.concatenate([f[:, 1], f[:, 2]]))), shape=(n, n))
+    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    face_labels = labels[f[:, 0]]
+    counts = np.bincount(face_labels)
+    threshold = min_faces * len(f) if min_faces < 1 else min_faces
+    keep = torch.from_numpy(counts[face_labels] >= threshold).to(faces.device)
+    faces = faces[keep]
+    used = torch.unique(faces.reshape(-1))
+    remap = torch.full((n,), -1, dtype=torch.long, device=faces.device)
+    remap[used] = torch.arange(used.numel(), device=faces.device)
+    return vertices[used], remap[faces]
 
 
 @threestudio.register("tetrahedra-sdf-grid")
@@ -130,10 +153,9 @@ class TetrahedraSDFGrid(BaseGeometry):
         if faces.shape[0] == 0:
             raise RuntimeError(f"{self.config_path}: the SDF has no zero crossing (empty surface); check "
                                "shape_init or the coarse run it was converted from.")
-        mesh = IsosurfaceMesh(vertices, faces, {"bbox": self.isosurface_bbox})
         if self.cfg.isosurface_remove_outliers:
-            mesh = mesh.remove_small_components(self.cfg.isosurface_outlier_n_faces_threshold)
-        return mesh
+            vertices, faces = drop_small_components(vertices, faces, self.cfg.isosurface_outlier_n_faces_threshold)
+        return IsosurfaceMesh(vertices, faces, {"bbox": self.isosurface_bbox})
 
     # ------------------------------------------------------------------ texture
     def _features(self, points: torch.Tensor) -> torch.Tensor:
@@ -179,7 +201,7 @@ class TetrahedraSDFGrid(BaseGeometry):
         instance.isosurface_bbox.copy_(box)
         grid = instance.grid_vertices()
         field = torch.cat([other.forward_field(p)[0].reshape(-1) for p in grid.split(1 << 18)])
-        threshold = other._resolve_threshold(field) if hasattr(other, "_resolve_threshold") else 0.0
+        threshold = float(coarse.extras.get("threshold", 0.0))
         level = other.forward_level(field, threshold)  # positive outside
         # signed distance to the coarse surface (sampled densely), sign from the coarse field
         import trimesh

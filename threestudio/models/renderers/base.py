@@ -50,15 +50,6 @@ class Renderer(BaseModule):
     def background(self) -> Any:
         return self.sub_modules.background
 
-    def set_geometry(self, geometry: Any) -> None:
-        self.sub_modules.geometry = geometry
-
-    def set_material(self, material: Any) -> None:
-        self.sub_modules.material = material
-
-    def set_background(self, background: Any) -> None:
-        self.sub_modules.background = background
-
 
 class VolumeRenderer(Renderer):
     pass
@@ -92,23 +83,3 @@ def chunk_batch(fn: Callable[..., Any], chunk_size: int, *args: Any, **kwargs: A
         return type(first)(None if first[j] is None else torch.cat([p[j] for p in parts], dim=0)
                            for j in range(len(first)))
     raise TypeError(f"chunk_batch: unsupported return type {type(first).__name__}.")
-
-
-def background_per_ray(bg_color: Optional[torch.Tensor], comp_rgb_bg: torch.Tensor, batch_size: int,
-                       height: int, width: int) -> torch.Tensor:
-    """The background colour of every ray (B*H*W, C): `bg_color` (C,), (B, C) or (B, H, W, C) when
-    given, else the background module's `comp_rgb_bg`."""
-    n_rays = batch_size * height * width
-    if bg_color is None:
-        return comp_rgb_bg.reshape(n_rays, -1)
-    bg_color = torch.as_tensor(bg_color, dtype=comp_rgb_bg.dtype, device=comp_rgb_bg.device)
-    if bg_color.dim() == 1:  # one colour for everything
-        return bg_color.expand(n_rays, -1)
-    if bg_color.dim() == 2 and bg_color.shape[0] == batch_size:  # one colour per view
-        return bg_color[:, None, None, :].expand(batch_size, height, width, -1).reshape(n_rays, -1)
-    if bg_color.shape[:3] == (batch_size, height, width):
-        return bg_color.reshape(n_rays, -1)
-    raise ValueError(
-        f"bg_color must have shape (C,), (B, C) or (B, H, W, C) with B, H, W = {batch_size}, {height}, {width}; "
-        f"got {tuple(bg_color.shape)}."
-    )

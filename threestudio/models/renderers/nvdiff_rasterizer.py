@@ -16,7 +16,8 @@ from torch import Tensor
 
 import threestudio
 from threestudio.models.rasterization import BACKENDS, DifferentiableRasterizer
-from threestudio.models.renderers.base import Rasterizer, background_per_ray
+from threestudio.models.renderers.base import Rasterizer
+from threestudio.utils.batch import per_ray, render_options
 from threestudio.utils.config import ConfigError
 
 
@@ -113,9 +114,9 @@ class NVDiffRasterizer(Rasterizer):
         mask = covered[..., 0]
         positions = gb_pos[mask]
         dirs = rays_d[mask]
-        lights = torch.as_tensor(light_positions, dtype=positions.dtype, device=positions.device)
-        lights = lights.reshape(-1, 1, 1, 3).expand(batch, height, width, 3)[mask]
-        material_kwargs = {k: v for k, v in kwargs.items() if not isinstance(v, Tensor) and v is not None}
+        lights = per_ray(light_positions, batch, height, width, "light_positions", positions.dtype,
+                         positions.device).view(batch, height, width, 3)[mask]
+        material_kwargs = render_options(kwargs)
         geo_out = self.geometry(positions, output_normal=False)
         shading_normal = gb_normal[mask]
         rgb = self.material(viewdirs=dirs, positions=positions, light_positions=lights,
@@ -123,7 +124,11 @@ class NVDiffRasterizer(Rasterizer):
         comp_rgb_fg = torch.zeros(batch, height, width, rgb.shape[-1], dtype=rgb.dtype, device=rgb.device)
         comp_rgb_fg = comp_rgb_fg.index_put((mask,), rgb)
         comp_rgb_bg = self.background(dirs=rays_d)
-        bg = background_per_ray(bg_color, comp_rgb_bg, batch, height, width).view(batch, height, width, -1)
+        if bg_color is None:
+            bg = comp_rgb_bg
+        else:
+            bg = per_ray(bg_color, batch, height, width, "bg_color", comp_rgb_bg.dtype,
+                         comp_rgb_bg.device).view(batch, height, width, -1)
         comp_rgb = torch.where(covered, comp_rgb_fg, bg.to(comp_rgb_fg.dtype))
         out.update({
             "comp_rgb": r.antialias(comp_rgb.contiguous(), rast, clip, faces, topology, self.cfg.pos_gradient_boost),
