@@ -39,7 +39,7 @@ def test_convert_from_errors_name_the_key(tmp_path):
 
     cfg = load_config(CONFIG, cli_args=[f"system.geometry_convert_from={tmp_path}/missing.ckpt"])
     with pytest.raises(ConfigError, match="geometry_convert_from: no checkpoint"):
-        threestudio.find(cfg.system_type)(cfg.system)
+        threestudio.find(cfg.system_type)(cfg.system).on_train_start()
     ckpt = make_coarse_trial(str(tmp_path / "coarse"))
     cfg = load_config(CONFIG, cli_args=[f"system.geometry_convert_from={ckpt}", "system.geometry.isosurface_resolution=8"])
     system = threestudio.find(cfg.system_type)(cfg.system)  # converts when training starts

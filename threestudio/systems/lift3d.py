@@ -45,11 +45,9 @@ class BaseLift3DSystem(BaseSystem):
             if unknown:
                 raise ConfigError(f"system.{key}: unknown panel(s) {unknown}; choose from {list(PANELS)}.")
         self.geometry = build_module(self.cfg.geometry_type, self.cfg.geometry, "system.geometry")
-        # refinement: the coarse trial is converted when training starts from scratch (not when a checkpoint
-        # of this trial is resumed, tested or exported: the checkpoint then holds the converted geometry)
+        # refinement: the coarse trial is converted (and its paths checked) when training starts from scratch,
+        # not when a checkpoint of this trial is resumed, tested or exported: that holds the converted geometry
         self._convert_pending = bool(self.cfg.geometry_convert_from) and self.cfg.weights is None
-        if self._convert_pending:
-            self._coarse_trial_config(self.cfg.geometry_convert_from)
         self.material = build_module(self.cfg.material_type, self.cfg.material, "system.material")
         self.background = build_module(self.cfg.background_type, self.cfg.background, "system.background")
         self.renderer = build_module(

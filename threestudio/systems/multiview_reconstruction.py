@@ -43,9 +43,7 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
 
     # ----------------------------------------------------------------------------- rendering
     def render(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        if isinstance(self.renderer, Rasterizer):  # whole views with their camera matrices
-            return self.renderer(**batch)
-        return self.renderer(**render_inputs(batch))
+        return self.renderer(**render_inputs(batch, self.renderer.inputs))
 
     @torch.no_grad()
     def render_view(self, batch: dict[str, Any], normals: bool = False) -> dict[str, Tensor]:

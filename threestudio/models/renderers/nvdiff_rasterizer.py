@@ -17,7 +17,7 @@ from torch import Tensor
 import threestudio
 from threestudio.models.rasterization import BACKENDS, DifferentiableRasterizer
 from threestudio.models.renderers.base import Rasterizer
-from threestudio.utils.batch import per_ray, render_options
+from threestudio.utils.batch import RASTER_INPUTS, per_ray, render_options
 from threestudio.utils.config import ConfigError
 
 
@@ -46,6 +46,8 @@ def camera_ray_directions(mvp: Tensor, height: int, width: int) -> Tensor:
 
 @threestudio.register("nvdiff-rasterizer")
 class NVDiffRasterizer(Rasterizer):
+    inputs = RASTER_INPUTS
+
     @dataclass
     class Config(Rasterizer.Config):
         # auto: nvdiffrast on CUDA when importable, else the CPU kernel (else the PyTorch reference)
