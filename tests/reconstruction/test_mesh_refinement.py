@@ -87,3 +87,22 @@ def test_refine_config_trains_saves_resumes_tests_and_exports(tmp_path):
     assert os.path.isfile(os.path.join(save, "it5-export", "model.glb"))
     metrics = open(glob.glob(os.path.join(trial, "csv_logs", "*", "metrics.csv"))[0]).read()
     assert "train/loss_normal_consistency" in metrics and "train/loss_mask" in metrics
+
+
+def test_whole_view_training_batches_carry_matching_projections(tmp_path):
+    import threestudio
+
+    data = make_tiny_dataset(str(tmp_path / "data"), size=16, n_train=3, n_test=1)
+    dm = threestudio.find("multiview-image-datamodule")({"dataroot": data, "train_views_per_step": 2})
+    dm.setup("fit")
+    batch = dm.train_dataset.batch_at(5)
+    assert batch["rgb"].shape == (2, 16, 16, 3) and batch["mask"].shape == (2, 16, 16, 1)
+    assert batch["mvp_mtx"].shape == (2, 4, 4) and batch["height"] == 16
+    torch.testing.assert_close(dm.train_dataset.batch_at(5)["rgb"], batch["rgb"])  # step-indexed
+    # a point on the ray of pixel (row 3, column 11) projects to that pixel's centre (NDC y up)
+    point = batch["rays_o"][:, 3, 11] + 1.7 * batch["rays_d"][:, 3, 11]
+    clip = torch.einsum("bij,bj->bi", batch["mvp_mtx"], torch.cat([point, torch.ones(2, 1)], dim=-1))
+    ndc = clip[:, :2] / clip[:, 3:]
+    torch.testing.assert_close(ndc, torch.tensor([[2 * 11.5 / 16 - 1, 1 - 2 * 3.5 / 16]] * 2), atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match="train_views_per_step"):
+        threestudio.find("multiview-image-datamodule")({"dataroot": data, "train_views_per_step": -1})
