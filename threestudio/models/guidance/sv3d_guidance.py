@@ -138,10 +138,6 @@ class SV3DGuidance(BaseModule):
         return self.prior.get()
 
     @property
-    def device_(self) -> torch.device:
-        return self.prior.device
-
-    @property
     def spec(self) -> Any:
         return self.pipe.spec
 
@@ -197,16 +193,16 @@ class SV3DGuidance(BaseModule):
             pil = preprocess_orbit_image(image, self.cfg.image_frame_ratio, 576)
         except ValueError as e:
             raise ConfigError(f"guidance.cond_image_path: {e}") from None
-        x = image_to_tensor(pil).to(self.device_)
+        x = image_to_tensor(pil).to(self.prior.device)
         cond_image = self._resize(x)  # (1, 3, S, S) in [-1, 1]
         gen = torch.Generator().manual_seed(self.cfg.cond_seed)
-        noise = torch.randn(cond_image.shape, generator=gen).to(self.device_)
+        noise = torch.randn(cond_image.shape, generator=gen).to(self.prior.device)
         # CLIP sees the 576² image, as in SV3D's sampling; the concatenated latent must match the render latents
         context = self.pipe.encode_image(x).float()  # (1, 1, D)
         with self._vae_fp32():
             latent = self.pipe.encode_condition_latent(cond_image + self.cfg.cond_aug * noise)
         c = self.cfg
-        scales = self.pipe.guidance_scales(c.num_frames, c.min_guidance_scale, c.guidance_scale).to(self.device_)
+        scales = self.pipe.guidance_scales(c.num_frames, c.min_guidance_scale, c.guidance_scale).to(self.prior.device)
         self._condition = {"image": cond_image, "context": context, "latent": latent.float(), "scales": scales}
 
     def _resize(self, x: Tensor) -> Tensor:
@@ -235,7 +231,7 @@ class SV3DGuidance(BaseModule):
             az = list(orbit_azimuths_deg(n)) if azimuth is None else [float(a) for a in azimuth.reshape(-1)]
             cams = sv3d_p_camera_ids(elev, az, n)
             polars, azimuths = cams[:, 0], cams[:, 1]
-        return self.pipe.added_time_ids(n, self.cfg.cond_aug, 1, polars, azimuths).to(self.device_)
+        return self.pipe.added_time_ids(n, self.cfg.cond_aug, 1, polars, azimuths).to(self.prior.device)
 
     # ------------------------------------------------------------------ denoising
     def encode(self, images: Tensor) -> Tensor:
@@ -289,7 +285,7 @@ class SV3DGuidance(BaseModule):
         n = self.cfg.num_frames
         if rgb.dim() != 4 or rgb.shape[0] != n or rgb.shape[-1] != 3:
             raise ValueError(f"sv3d-guidance expects the {n} orbit renders as (N={n}, H, W, 3), got {tuple(rgb.shape)}.")
-        images = self._resize(rgb.permute(0, 3, 1, 2).to(self.device_) * 2.0 - 1.0)
+        images = self._resize(rgb.permute(0, 3, 1, 2).to(self.prior.device) * 2.0 - 1.0)
         z = encode_frames(self.encode, images, grad_frames, self.cfg.vae_chunk_size, self.cfg.vae_checkpoint_chunks)
         sigma_value = self.sample_sigma() if sigma is None else float(sigma)
         eps = torch.randn_like(z) if noise is None else noise.to(z).reshape(z.shape)
