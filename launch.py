@@ -248,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg.trial_dir, cfg.exp_dir, cfg.trial_name = trial, os.path.dirname(trial), os.path.basename(trial)
         elif args.train:
             choose_fresh_trial_dir(cfg)
+        if not args.train and cfg.resume is None:
+            print(f"[threestudio] --{stage} without resume=<checkpoint>: the model is untrained (as built from "
+                  "the config and system.weights).", file=sys.stderr)
         if rank == 0:
             made = make_trial_dir(cfg)
         if n_gpus > 1:

@@ -60,12 +60,16 @@ def snapshot(folder) -> dict:
 def trained_toy(tmp_path_factory):
     """A finished 6-step toy trial (checkpoints at steps 3 and 6); tests copy it before changing it."""
     root = tmp_path_factory.mktemp("toy-trial")
+    old = os.environ.get("THREESTUDIO_CUSTOM_PATH")
     os.environ["THREESTUDIO_CUSTOM_PATH"] = CUSTOM
     try:
         code = _launcher().main(["--config", TOY, "--train", f"exp_root_dir={root}", "tag=trial",
                                  "trainer.enable_progress_bar=false"])
     finally:
-        os.environ.pop("THREESTUDIO_CUSTOM_PATH", None)
+        if old is None:
+            os.environ.pop("THREESTUDIO_CUSTOM_PATH", None)
+        else:
+            os.environ["THREESTUDIO_CUSTOM_PATH"] = old
     assert code == 0
     (trial,) = glob.glob(os.path.join(str(root), "toy", "trial@*"))
     return trial

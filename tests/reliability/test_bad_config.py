@@ -57,11 +57,17 @@ def test_tcnn_style_network_dicts_are_validated(key, value, message):
 
 
 @pytest.mark.slow
-def test_exporter_settings_are_checked_before_training(launch, tmp_path):
-    """Before: a bad exporter setting failed only after training and the test video."""
+@pytest.mark.parametrize("override,message", [
+    # before: failed only after training and the test video
+    ("system.exporter.texture_size=0", "system.exporter.texture_size must be positive, got 0"),
+    # before: accepted and ignored
+    ("system.geometry.pos_encoding_config.bogus=3",
+     "Unknown key 'system.geometry.pos_encoding_config.bogus' for the HashGrid encoding"),
+])
+def test_lift3d_settings_are_checked_before_training(launch, tmp_path, override, message):
     config = os.path.join(REPO, "configs", "reconstruction-example.yaml")
-    code, err = launch("--train", f"exp_root_dir={tmp_path}", "system.exporter.texture_size=0",
+    code, err = launch("--train", f"exp_root_dir={tmp_path}", override,
                        "system.geometry.pos_encoding_config.log2_hashmap_size=8", config=config)
     assert code == 2, err
-    assert "system.exporter.texture_size must be positive, got 0" in err
+    assert message in err
     assert os.listdir(tmp_path) == []
