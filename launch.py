@@ -61,6 +61,7 @@ RESERVED_TRAINER_KEYS = {
     "logger": "set by launch.py (TensorBoard and CSV logs in the trial folder); not configurable.",
     "plugins": "set by launch.py (atomic, weights-only checkpoint IO); not configurable.",
     "default_root_dir": "the trial folder is set by exp_root_dir, name, tag and use_timestamp.",
+    "inference_mode": "launch.py evaluates with autograd available (analytic normals need gradients).",
 }
 RESERVED_CHECKPOINT_KEYS = {"dirpath": "checkpoints always go to <trial>/ckpts."}
 

@@ -128,7 +128,7 @@ def test_partial_load_reports_matched_missing_unexpected(launch, tmp_path):
     code, err = launch("--validate", f"exp_root_dir={tmp_path / 'a'}", f"system.weights={partial}")
     assert code == 0, err
     assert "loaded 1 tensors; 1 missing, kept as initialised: field.bias; 1 unexpected, ignored: extra.head" in err
-    assert "frozen" not in err  # frozen priors are never in checkpoints: not reported as missing
+    assert "prior" not in err  # frozen priors are never in checkpoints: not reported as missing
 
     unrelated = _toy_weights(tmp_path, {"unet.conv_in.weight": torch.ones(2)})
     code, err = launch("--train", f"exp_root_dir={tmp_path / 'b'}", f"system.weights={unrelated}")
