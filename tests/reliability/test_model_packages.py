@@ -96,3 +96,14 @@ def test_mvdream_t2i_refuses_bad_arguments_before_loading(tmp_path, capsys, args
     assert main(["--checkpoint", str(tmp_path / "never-read.pt"), "--output_dir", str(out), *args]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_mvdream_random_bytes_are_corruption_not_pickles(bad_files):
+    """Before: any weights-only failure, random bytes included, was reported as "pickled Python objects"."""
+    from mvdream import MVDreamPipeline
+
+    path = bad_files / "random.pt"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(ValueError) as info:
+        MVDreamPipeline.from_single_file(str(path))
+    assert "probably truncated or corrupt" in str(info.value) and "pickled" not in str(info.value)
