@@ -36,6 +36,13 @@ def test_bad_setting_fails_before_any_work(launch, tmp_path, overrides, message)
     assert os.listdir(tmp_path) == []  # no trial folder, no config, no checkpoint
 
 
+def test_a_bug_is_not_reported_as_a_configuration_error(launch, tmp_path):
+    """Before: every ValueError became "Configuration error: ..." without a traceback."""
+    with pytest.raises(ValueError, match="a bug in the system's own code"):
+        launch("--train", f"exp_root_dir={tmp_path}", "system.bug_in_configure=true")
+    assert os.listdir(tmp_path) == []  # the empty trial folder is removed again
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("pos_encoding_config", {"otype": "HashGrid", "n_levels": 2, "bogus": 3},
      "Unknown key 'system.geometry.pos_encoding_config.bogus' for the HashGrid encoding"),
