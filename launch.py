@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank > 0 and os.environ.get("THREESTUDIO_TRIAL_DIR"):
             # DDP workers re-run this script: they must use the folder rank 0 chose
             cfg.trial_dir = os.environ["THREESTUDIO_TRIAL_DIR"]
+            cfg.exp_dir, cfg.trial_name = os.path.dirname(cfg.trial_dir), os.path.basename(cfg.trial_dir)
         elif cfg.resume is not None and trial_dir_of_checkpoint(cfg.resume) is not None:
             trial = trial_dir_of_checkpoint(cfg.resume)  # continue in the checkpoint's own trial folder
             cfg.trial_dir, cfg.exp_dir, cfg.trial_name = trial, os.path.dirname(trial), os.path.basename(trial)
