@@ -285,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         pl.seed_everything(cfg.seed + rank, workers=True, verbose=False)
         dm = threestudio.find(cfg.data_type)(cfg.data)
         system = threestudio.find(cfg.system_type)(cfg.system, resumed=cfg.resume is not None)
+        if args.train:
+            system.configure_optimizers()  # a throwaway build: optimizer/scheduler settings fail here, not in fit
         if resume_ckpt is not None:
             check_resume_fits(resume_ckpt, cfg.resume, system, args.config)
             del resume_ckpt

@@ -21,6 +21,11 @@ CASES = [
      "data.width must be a positive integer (each entry), got [4, 0]"),
     (["data.eval_width=0"], "data.eval_width must be a positive integer, got 0"),
     (["data.n_test_views=0"], "data.n_test_views must be a positive integer, got 0"),  # silently wrote nothing
+    (["data.resolution_milestones=[3,2]", "data.height=[4,4,4]", "data.width=[4,4,4]", "data.batch_size=[2,2,2]"],
+     "data.resolution_milestones must increase, got [3, 2]"),
+    # before: a TypeError/ConfigError raised inside trainer.fit, after the trial folder was written
+    (["system.optimizer.args.lr=abc"], "system.optimizer.args:"),
+    (["system.scheduler.name=NoSuchLR"], "system.scheduler.name: 'NoSuchLR' is not a scheduler"),
     (["system.loss.lambda_reg=[0,1]"], "system.loss.lambda_reg: Schedule [0, 1] must be"),
     (["system.loss.lambda_reg=abc"], "system.loss.lambda_reg: 'abc' is not a number or a schedule"),
     (["system.loss.lambda_reg=[0,1.0,0.5,10,0.2,5]"], "system.loss.lambda_reg: the steps of schedule"),

@@ -95,6 +95,11 @@ class RandomCameraDataModule(CameraDataModule):
                     "n_view"):
             require_positive(getattr(c, key), f"{config_path}.{key}")
         require_positive(c.n_val_views, f"{config_path}.n_val_views", allow_zero=True)
+        milestones = list(c.resolution_milestones)
+        if milestones:
+            require_positive(milestones, f"{config_path}.resolution_milestones")
+            if any(b <= a for a, b in zip(milestones[:-1], milestones[1:])):
+                raise ConfigError(f"{config_path}.resolution_milestones must increase, got {milestones}.")
         # validate the phases now, before any work starts
         self._make_train_dataset()
 
