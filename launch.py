@@ -181,6 +181,12 @@ def is_input_error(e: BaseException) -> bool:
             or type(e).__name__.endswith("CheckpointError"))
 
 
+def describe_input_error(e: BaseException) -> str:
+    name = type(e).__name__
+    kind = "Checkpoint error" if "heckpoint" in name else "Data error" if name == "DatasetError" else "Configuration error"
+    return f"{kind}: {e}"
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="path to a YAML config")
@@ -284,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"trainer: {e}") from None
         pl.seed_everything(cfg.seed + rank, workers=True, verbose=False)
         dm = threestudio.find(cfg.data_type)(cfg.data)
-        system = threestudio.find(cfg.system_type)(cfg.system, resumed=cfg.resume is not None)
+        system = threestudio.find(cfg.system_type)(cfg.system)
         if args.train:
             system.configure_optimizers()  # a throwaway build: optimizer/scheduler settings fail here, not in fit
         if resume_ckpt is not None:
@@ -294,9 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         remove_empty_dirs(made)
         if not is_input_error(e):
             raise
-        kind = "Checkpoint error" if "heckpoint" in type(e).__name__ else (
-            "Data error" if type(e).__name__ == "DatasetError" else "Configuration error")
-        print(f"{kind}: {e}", file=sys.stderr)
+        print(describe_input_error(e), file=sys.stderr)
         return 2
     system.set_save_dir(os.path.join(cfg.trial_dir, "save"))
 
@@ -326,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as e:
         print(f"Training diverged: {e}", file=sys.stderr)
         return 3
+    except Exception as e:  # noqa: BLE001 - e.g. a lazily loaded prior's checkpoint; anything else re-raised
+        if not is_input_error(e):
+            raise
+        print(describe_input_error(e), file=sys.stderr)
+        return 2
     return 0
 
 
