@@ -16,7 +16,7 @@ from .cameras import orbit_azimuths_deg, sv3d_p_camera_ids
 from .checkpoint import load_checkpoint
 from .config import VERSIONS, ModelSpec, detect_version, family_of_version, shipped_config_path, spec_from_config
 from .loading import LoadReport, build_components
-from .preprocess import clip_preprocess, image_to_tensor, preprocess_orbit_image, preprocess_video_image
+from .preprocess import clip_preprocess, image_to_tensor, open_image, preprocess_orbit_image, preprocess_video_image
 from .sampling import (
     apply_guidance,
     edm_denoise,
@@ -278,5 +278,5 @@ class SV3DPipeline(DiffusionPipeline):
 def _as_pil(image) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    return Image.open(image).convert("RGB")
+    return open_image(image).convert("RGB")
 

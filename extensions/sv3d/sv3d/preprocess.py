@@ -39,6 +39,18 @@ def remove_background(image: Image.Image) -> Image.Image:
     return rembg.remove(image.convert("RGBA"), alpha_matting=True)
 
 
+def open_image(path: Union[str, os.PathLike]) -> Image.Image:
+    """A decoded image file; a missing or undecodable file raises FileNotFoundError / ValueError naming it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image {os.fspath(path)!r} does not exist")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"image {os.fspath(path)!r} is not a readable image ({type(exc).__name__}: {exc})") from None
+    return image
+
+
 def _to_rgba(image: Image.Image) -> Optional[Image.Image]:
     if image.mode == "RGBA":
         return image
@@ -56,8 +68,7 @@ def preprocess_orbit_image(
     reference); it is never smaller than the box. Non-RGBA input goes through `remove_background`.
     """
     if not isinstance(image, Image.Image):
-        image = Image.open(image)
-        image.load()
+        image = open_image(image)
     rgba = _to_rgba(image)
     if rgba is None:
         rgba = remove_background(image)
@@ -83,8 +94,7 @@ def preprocess_orbit_image(
 def preprocess_video_image(image: Union[str, os.PathLike, Image.Image]) -> Image.Image:
     """SVD input: RGB (alpha dropped, as the reference), sides cut down to multiples of 64."""
     if not isinstance(image, Image.Image):
-        image = Image.open(image)
-        image.load()
+        image = open_image(image)
     image = image.convert("RGB")
     w, h = image.size
     if w % 64 or h % 64:

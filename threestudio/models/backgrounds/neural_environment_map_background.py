@@ -36,9 +36,12 @@ class NeuralEnvironmentMapBackground(BaseBackground):
                 f"{self.config_path}.eval_color has {len(self.cfg.eval_color)} values, n_output_dims is {self.cfg.n_output_dims}."
             )
         try:
-            self.encoding = get_encoding(3, self.cfg.dir_encoding_config)
-            self.network = get_mlp(self.encoding.n_output_dims, self.cfg.n_output_dims, self.cfg.mlp_network_config)
+            self.encoding = get_encoding(3, self.cfg.dir_encoding_config, f"{self.config_path}.dir_encoding_config")
+            self.network = get_mlp(self.encoding.n_output_dims, self.cfg.n_output_dims, self.cfg.mlp_network_config,
+                                   f"{self.config_path}.mlp_network_config")
             self.color_act = get_activation(self.cfg.color_activation)
+        except ConfigError:
+            raise
         except (ValueError, TypeError) as e:
             raise ConfigError(f"{self.config_path}: {e}") from None
 

@@ -35,7 +35,7 @@ from threestudio.models.guidance.frozen_prior import FrozenPrior
 from threestudio.models.guidance.sv3d_memory import encode_frames, sample_grad_frames
 from threestudio.utils.base import BaseModule
 from threestudio.utils.config import ConfigError
-from threestudio.utils.schedule import C
+from threestudio.utils.schedule import C, validate_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class SV3DGuidance(BaseModule):
             raise ConfigError(f"guidance.image_size must be a positive multiple of 8 (VAE factor), got {c.image_size}.")
         if c.grad_frames < 0 or c.vae_chunk_size < 0:
             raise ConfigError("guidance.grad_frames and guidance.vae_chunk_size must be >= 0.")
+        for key in ("sigma_min", "sigma_max") + (("grad_clip",) if getattr(c, "grad_clip", None) is not None else ()):
+            validate_schedule(getattr(c, key), f"system.guidance.{key}")
         self.prior: FrozenPrior = FrozenPrior(
             lambda device: self._prepare_pipeline(pipeline if pipeline is not None else self._load_pipeline(), device),
             name="SV3D pipeline")
