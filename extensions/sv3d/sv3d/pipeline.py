@@ -150,6 +150,26 @@ class SV3DPipeline:
             concat = concat[:, None].expand(-1, x.shape[1], -1, -1, -1)
         return edm_denoise(self.unet, x, sigma, concat, context, ids)
 
+    def guided_denoise(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        concat: torch.Tensor,
+        context: torch.Tensor,
+        ids: torch.Tensor,
+        scales: torch.Tensor,
+    ) -> torch.Tensor:
+        """Classifier-free-guided D(x; sigma) of B videos in one UNet batch of 2B (unconditional half first, with
+        the CLIP embedding and the condition latents zeroed, as the original guider). x (B, T, 4, h, w); sigma (B,);
+        concat (B, 4, h, w) or (B, T, 4, h, w); context (B, 1, D); ids (B, T, K); scales (T,) per-frame CFG."""
+        if concat.dim() == 4:
+            concat = concat[:, None].expand(-1, x.shape[1], -1, -1, -1)
+        concat2 = torch.cat([torch.zeros_like(concat), concat])
+        context2 = torch.cat([torch.zeros_like(context), context])
+        d = edm_denoise(self.unet, torch.cat([x, x]), torch.cat([sigma, sigma]), concat2, context2, torch.cat([ids, ids]))
+        uncond, cond = d.chunk(2)
+        return apply_guidance(uncond, cond, scales)
+
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, decoding_t: int = 14) -> torch.Tensor:
         """(T, 4, h, w) scaled latents -> (T, 3, H, W) in [-1, 1], `decoding_t` frames at a time."""
@@ -188,6 +208,7 @@ class SV3DPipeline:
         image_size: int = 576,
         preprocess: bool = True,
         callback=None,
+        last_azimuth_full_turn: bool = False,
     ) -> SV3DOutput:
         """One image -> one video (SVD) or one 21-view orbit (SV3D) whose last frame is the input view."""
         spec = self.spec
@@ -207,23 +228,17 @@ class SV3DPipeline:
         if sv3d:
             elevs = [float(e) for e in np.broadcast_to(np.asarray(elevations_deg, dtype=np.float64), (num_frames,))]
             az = orbit_azimuths_deg(num_frames) if azimuths_deg is None else np.asarray(azimuths_deg, dtype=np.float64)
-            cams = sv3d_p_camera_ids(elevs, az, num_frames)
-            azs = [float(np.degrees(a)) for a in cams[:, 1]]
+            cams = sv3d_p_camera_ids(elevs, az, num_frames, last_azimuth_full_turn)
+            azs = [float(np.degrees(a)) for a in cams[:-1, 1]] + [0.0]  # the last frame is the input view
             if spec.family == "sv3d_p":
                 polars, azims = cams[:, 0], cams[:, 1]
         ids = self.added_time_ids(num_frames, cond_aug, 1, polars, azims, fps_id, motion_bucket_id)
         scales = self.guidance_scales(num_frames, min_scale, max_scale).to(self.device)
         h, w = concat.shape[-2:]
         noise = torch.randn((1, num_frames, concat.shape[1], h, w), generator=gen).to(self.device)
-        concat_t = concat[:, None].expand(-1, num_frames, -1, -1, -1)
-        concat2 = torch.cat([torch.zeros_like(concat_t), concat_t])
-        context2 = torch.cat([torch.zeros_like(context), context])
-        ids2 = torch.cat([ids, ids])
 
         def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            d = edm_denoise(self.unet, torch.cat([x, x]), torch.cat([sigma, sigma]), concat2, context2, ids2)
-            uncond, cond = d.chunk(2)
-            return apply_guidance(uncond, cond, scales)
+            return self.guided_denoise(x, sigma, concat, context, ids, scales)
 
         sigmas = edm_sigmas(num_steps, spec.sigma_min, spec.sigma_max, spec.rho).to(self.device)
         latents = euler_sample(guided, noise, sigmas, callback)[0]
