@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available; torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--fp16", action="store_true", help="UNets and image encoders in float16 (CUDA)")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--save_latents", action="store_true", help="also write the sampled matrix as OUT/latents.safetensors")
     return p
 
 
@@ -101,6 +102,11 @@ def run(a: argparse.Namespace, ctx: Optional[DistContext] = None) -> dict:
         write_video(os.path.join(a.out, "ref_video.mp4"), to_uint8((result.video + 1) / 2), a.fps)
         write_preview(a.out, cfg.num_views, cfg.num_frames, a.fps)
         write_frame_transforms(a.out, cfg.num_frames, cfg.elevations(), cfg.azimuths(), cfg.image_size)
+        if a.save_latents:
+            from safetensors.torch import save_file
+
+            save_file({"latents": result.latents.cpu().contiguous(), "orbit": result.orbit.cpu().contiguous(),
+                       "video": result.video.cpu().contiguous()}, os.path.join(a.out, "latents.safetensors"))
         with open(os.path.join(a.out, "sample_args.json"), "w") as f:
             json.dump({**vars(a), "world_size": ctx.world_size}, f, indent=2)
         print(f"Diffusion²: wrote {cfg.num_views} views x {cfg.num_frames} frames to {a.out}")
