@@ -14,11 +14,12 @@ import sys
 from typing import Optional, Sequence
 
 import torch
+from sv3d.cameras import SV3D_CAMERA_DISTANCE, SV3D_FOV_DEG
 
 from .config import Diffusion2Config
 from .distributed import DistContext, close, init_from_env
 from .inputs import load_input
-from .outputs import check_output_dir, write_frame_transforms, write_preview, write_video, write_view, to_uint8
+from .outputs import check_output_dir, to_uint8, write_frame_transforms, write_preview, write_video, write_view
 from .pipeline import Diffusion2Pipeline
 from .weights import SCHEDULES
 
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=d.chunk, help="lines (orbits/videos) per UNet call; x2 for CFG")
     p.add_argument("--decoding_t", type=int, default=d.decoding_t, help="frames per VAE decode call")
     p.add_argument("--fps", type=int, default=6, help="frame rate of the mp4 files")
+    p.add_argument("--fov", type=float, default=SV3D_FOV_DEG, help="field of view written to the transforms files (degrees)")
+    p.add_argument("--distance", type=float, default=SV3D_CAMERA_DISTANCE, help="camera distance written to the transforms files")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available; torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--fp16", action="store_true", help="UNets and image encoders in float16 (CUDA)")
     p.add_argument("--no_progress", action="store_true")
@@ -101,7 +104,7 @@ def run(a: argparse.Namespace, ctx: Optional[DistContext] = None) -> dict:
         write_video(os.path.join(a.out, "ref_multiview.mp4"), to_uint8((result.orbit + 1) / 2), a.fps)
         write_video(os.path.join(a.out, "ref_video.mp4"), to_uint8((result.video + 1) / 2), a.fps)
         write_preview(a.out, cfg.num_views, cfg.num_frames, a.fps)
-        write_frame_transforms(a.out, cfg.num_frames, cfg.elevations(), cfg.azimuths(), cfg.image_size)
+        write_frame_transforms(a.out, cfg.num_frames, cfg.elevations(), cfg.azimuths(), cfg.image_size, a.fov, a.distance)
         if a.save_latents:
             from safetensors.torch import save_file
 
