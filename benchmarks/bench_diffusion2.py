@@ -39,7 +39,9 @@ def _unet_only(version: str, mc: int, head: int, ctx: int, device: str, dtype: t
     net = copy.deepcopy(spec.network)
     net.update(model_channels=mc, num_head_channels=head, context_dim=ctx)
     torch.manual_seed(0)
-    unet = SV3DUNet(**unet_config_from_network_params(net, spec.vector_widths)).to(device=device, dtype=dtype)
+    unet = SV3DUNet(**unet_config_from_network_params(net, spec.vector_widths)).to(device=device)
+    if dtype != torch.float32:
+        unet = unet.to(dtype=dtype)
     return SV3DPipeline(unet, torch.nn.Identity(), torch.nn.Identity(), spec)
 
 
