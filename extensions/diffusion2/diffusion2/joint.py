@@ -49,7 +49,8 @@ class ScaleSchedule:
         return multiview_scale(step, num_steps, self.kind, self.scale, self.scale_min, self.scale_max, self.k)
 
 
-def _chunks(lines: range, chunk: int):
+def line_chunks(lines: range, chunk: int):
+    """(start, stop) positions of consecutive groups of at most `chunk` of the lines."""
     for a in range(0, len(lines), max(1, int(chunk))):
         yield a, min(a + max(1, int(chunk)), len(lines))
 
@@ -93,7 +94,7 @@ class JointSampler:
         out = x.new_zeros((2,) + tuple(x.shape))
         if need_mv:
             c = self.mv_cond
-            for a, b in _chunks(c.index, self.chunk):
+            for a, b in line_chunks(c.index, self.chunk):
                 cols = c.index[a:b]
                 xs = x[:, cols.start : cols.stop].transpose(0, 1)  # (n, V, 4, h, w): one orbit per frame
                 d = self.mv.guided_denoise(xs, sigma.expand(len(cols)), c.concat[a:b], c.context[a:b], c.ids[a:b], c.scales)
@@ -101,7 +102,7 @@ class JointSampler:
                 self._tick()
         if need_vid:
             c = self.vid_cond
-            for a, b in _chunks(c.index, self.chunk):
+            for a, b in line_chunks(c.index, self.chunk):
                 rows = c.index[a:b]
                 xs = x[rows.start : rows.stop]  # (n, F, 4, h, w): one video per view
                 d = self.vid.guided_denoise(xs, sigma.expand(len(rows)), c.concat[a:b], c.context[a:b], c.ids[a:b], c.scales)

@@ -3,6 +3,7 @@ sampler and decoding, on two `sv3d.SV3DPipeline`s."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
@@ -128,7 +129,7 @@ class Diffusion2Pipeline:
         progress: bool = True,
         log: Callable[[str], None] = print,
     ) -> Diffusion2Result:
-        cfg = cfg or Diffusion2Config()
+        cfg = dataclasses.replace(cfg or Diffusion2Config())
         ctx = ctx or DistContext()
         if inp.is_video:
             cfg.num_frames = inp.video.shape[0]

@@ -15,7 +15,7 @@ from typing import Tuple
 
 import torch
 
-from .joint import JointSampler, LineConditions, _chunks
+from .joint import JointSampler, LineConditions, line_chunks
 
 
 @dataclass
@@ -87,7 +87,7 @@ def estimate_plan(sampler: JointSampler, matrix_shape: Tuple[int, ...], num_step
     per_eval = 0.0
     for cond, t in ((sampler.mv_cond, t_mv), (sampler.vid_cond, t_vid)):
         first = min(sampler.chunk, len(cond.index))
-        per_eval += sum(t * (b - a) / max(first, 1) for a, b in _chunks(cond.index, sampler.chunk))
+        per_eval += sum(t * (b - a) / max(first, 1) for a, b in line_chunks(cond.index, sampler.chunk))
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
     else:

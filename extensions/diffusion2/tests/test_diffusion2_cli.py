@@ -111,7 +111,12 @@ def test_folder_input_is_the_reference_video(tiny_ckpts, video_folder, tmp_path,
     assert torch.equal(res["result"].orbit[-1], video[-1])
     assert sorted(os.listdir(out / "view_04")) == ["frame_00.png", "frame_01.png", "frame_02.png", "frame_all.mp4"]
     assert json.loads((out / "transforms_frame_02.json").read_text())["time"] == 1.0
-    assert "Diffusion² plan: 5 views x 3 frames of 4x8x8 latents" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Diffusion² plan: 5 views x 3 frames of 4x8x8 latents on 1 rank(s) (cpu), 2 joint evaluations" in printed
+    assert "5 UNet calls per evaluation" in printed  # 2 chunks of columns + 3 chunks of rows at chunk 2
+    plan = res["result"].plan
+    assert plan.calls_per_evaluation == 5 and plan.seconds_per_evaluation > 0 and plan.weight_bytes > 0
+    assert printed.index("Diffusion² plan") < printed.index("Diffusion²: wrote")
 
 
 def _error(argv, capsys):
