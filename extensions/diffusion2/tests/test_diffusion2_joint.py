@@ -30,35 +30,28 @@ def test_conditions_cover_every_line(tiny_pipe, references, small_cfg):
     assert s.vid_cond.ids[0, 0].tolist() == pytest.approx([24.0, 127.0, 0.02])
 
 
-def test_without_video_weight_a_step_is_sv3d_p_euler_step(tiny_pipe, references, small_cfg):
+@pytest.mark.parametrize("only", ["sv3d_p", "svd_xt"])
+def test_a_step_with_one_model_weighted_is_that_models_euler_step(tiny_pipe, references, small_cfg, only):
+    """w_vid = 0 (s = 1): the joint step is SV3D_p's own Euler step on every column; w_mv = 0 (video weight 1 on
+    every view, s = 0): SVD-xt's own step on every row."""
     s = _sampler(tiny_pipe, references, small_cfg, vrs_steps=0)
-    s.schedule = ScaleSchedule("constant", scale=1.0)  # w_vid = 0 everywhere
+    if only == "sv3d_p":
+        s.schedule = ScaleSchedule("constant", scale=1.0)
+        pipe, cond, lines = tiny_pipe.mv, s.mv_cond, (0, FRAMES - 1)
+    else:
+        s.view_weights = torch.ones(VIEWS, dtype=torch.float64)
+        s.schedule = ScaleSchedule("constant", scale=0.0)
+        pipe, cond, lines = tiny_pipe.vid, s.vid_cond, (0, VIEWS - 1)
     sigmas = tiny_pipe.sigmas(50)[:2]
     noise = _noise()
     joint = s.sample(noise, sigmas, num_steps=50)
-    c = s.mv_cond
-    for t in (0, FRAMES - 1):
+    for k in lines:
+        line = noise[:, k] if only == "sv3d_p" else noise[k]
         with torch.no_grad():
-            own = euler_sample(
-                lambda x, sig: tiny_pipe.mv.guided_denoise(x, sig, c.concat[t : t + 1], c.context[t : t + 1], c.ids[t : t + 1], c.scales),
-                noise[:, t][None], sigmas)
-        torch.testing.assert_close(joint[:, t], own[0], atol=1e-5, rtol=1e-6)  # |x| ~ 700 after the first step
-
-
-def test_without_multiview_weight_a_step_is_svd_euler_step(tiny_pipe, references, small_cfg):
-    s = _sampler(tiny_pipe, references, small_cfg, vrs_steps=0)
-    s.view_weights = torch.ones(VIEWS, dtype=torch.float64)
-    s.schedule = ScaleSchedule("constant", scale=0.0)  # w_vid = 1, w_mv = 0
-    sigmas = tiny_pipe.sigmas(50)[:2]
-    noise = _noise(1)
-    joint = s.sample(noise, sigmas, num_steps=50)
-    c = s.vid_cond
-    for v in (0, VIEWS - 1):
-        with torch.no_grad():
-            own = euler_sample(
-                lambda x, sig: tiny_pipe.vid.guided_denoise(x, sig, c.concat[v : v + 1], c.context[v : v + 1], c.ids[v : v + 1], c.scales),
-                noise[v][None], sigmas)
-        torch.testing.assert_close(joint[v], own[0], atol=1e-5, rtol=1e-6)
+            own = euler_sample(lambda x, sig: pipe.guided_denoise(
+                x, sig, cond.concat[k : k + 1], cond.context[k : k + 1], cond.ids[k : k + 1], cond.scales), line[None], sigmas)
+        got = joint[:, k] if only == "sv3d_p" else joint[k]
+        torch.testing.assert_close(got, own[0], atol=1e-5, rtol=1e-6)  # |x| ~ 700 after the first step
 
 
 def test_mixture_weights_each_view(tiny_pipe, references, small_cfg):
