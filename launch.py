@@ -66,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     group.add_argument("--validate", action="store_true")
     group.add_argument("--test", action="store_true")
     group.add_argument("--export", action="store_true")
+    group.add_argument("--preview", action="store_true",
+                       help="MVDream configs: sample the prior's views for the prompt (same checkpoint and seed) "
+                            "into <trial>/preview/ and stop")
+    parser.add_argument("--preview-steps", type=int, default=50, help="DDIM steps of --preview")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser.parse_known_args(argv)
 
@@ -104,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     from threestudio.utils.config import ConfigError, load_config
     from threestudio.utils.misc import get_rank
+    from threestudio.utils.oom import OutOfMemoryCheckpoint, handle_out_of_memory, is_out_of_memory
+    from threestudio.utils.progress import ProgressFileCallback, update_progress
 
     try:
         cfg = load_config(args.config, cli_args=extras, n_gpus=max(n_gpus, 1))
@@ -115,17 +121,24 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.trial_dir = trial
                 cfg.exp_dir = os.path.dirname(trial)
                 cfg.trial_name = os.path.basename(trial)
+        if args.preview:
+            from threestudio.models.guidance.mvdream_preview import sample_preview
+
+            print(f"Preview written to {sample_preview(cfg, steps=args.preview_steps)}")
+            return 0
         pl.seed_everything(cfg.seed + get_rank(), workers=True, verbose=False)
         dm = threestudio.find(cfg.data_type)(cfg.data)
         system = threestudio.find(cfg.system_type)(cfg.system, resumed=cfg.resume is not None)
-    except (ConfigError, ValueError) as e:
+    except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"Configuration error: {e}", file=sys.stderr)
         return 2
     system.set_save_dir(os.path.join(cfg.trial_dir, "save"))
 
     raw = OmegaConf.merge(OmegaConf.load(args.config), OmegaConf.from_dotlist(extras))
     interrupt = GracefulInterruptCallback()
-    callbacks: list = [ConfigSnapshotCallback(cfg.trial_dir, raw, cfg, command=["python", "launch.py", *argv])]
+    callbacks: list = [ConfigSnapshotCallback(cfg.trial_dir, raw, cfg, command=["python", "launch.py", *argv]),
+                       ProgressFileCallback(cfg.trial_dir)]
+    out_of_memory = OutOfMemoryCheckpoint(cfg.trial_dir)
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(ProgressBar(refresh_rate=1))
     loggers: list = []
@@ -134,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             ModelCheckpoint(dirpath=os.path.join(cfg.trial_dir, "ckpts"), **cfg.checkpoint),
             LearningRateMonitor(logging_interval="step"),
             interrupt,
+            out_of_memory,
         ]
         loggers = [TensorBoardLogger(cfg.trial_dir, name="tb_logs"), CSVLogger(cfg.trial_dir, name="csv_logs")]
 
@@ -146,7 +160,12 @@ def main(argv: list[str] | None = None) -> int:
                          plugins=[AtomicCheckpointIO()], enable_model_summary=args.verbose, **trainer_kwargs)
 
     if args.train:
-        trainer.fit(system, datamodule=dm, ckpt_path=cfg.resume)
+        try:
+            trainer.fit(system, datamodule=dm, ckpt_path=cfg.resume)
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            return handle_out_of_memory(e, out_of_memory, cfg)
         # always leave a resumable last.ckpt, also after an interrupted run
         trainer.save_checkpoint(os.path.join(cfg.trial_dir, "ckpts", "last.ckpt"))
         trainer.test(system, datamodule=dm)
@@ -156,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         trainer.test(system, datamodule=dm, ckpt_path=cfg.resume)
     elif args.export:
         trainer.predict(system, datamodule=dm, ckpt_path=cfg.resume, return_predictions=False)
+    if trainer.is_global_zero:
+        update_progress(cfg.trial_dir, stage="stopped" if interrupt.interrupted else "done",
+                        message="stopped by the user; resume from ckpts/last.ckpt" if interrupt.interrupted else None)
     return 0
 
 
