@@ -56,6 +56,12 @@ class OutOfMemoryCheckpoint(pl.Callback):
         pl_module.zero_grad(set_to_none=True)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        # The failed batch was started but never processed. Roll its counters back so the checkpoint looks saved
+        # right after the last finished batch: Lightning then resumes at that step without counting the failed
+        # batch (otherwise the logged step runs one ahead of the optimizer step after resuming).
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        for tracker in (progress.total, progress.current):
+            tracker.ready = tracker.started = tracker.processed = tracker.completed
         path = os.path.join(self.trial_dir, "ckpts", "last.ckpt")
         try:
             trainer.save_checkpoint(path)
