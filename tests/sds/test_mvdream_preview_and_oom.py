@@ -3,6 +3,7 @@
 doctor's checkpoint-family detection."""
 import csv
 import glob
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,17 +16,19 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "mvdream-sd21.yaml")
-TINY = [
-    "data.batch_size=[4,4]", "data.width=[12,16]", "data.height=[12,16]", "data.resolution_milestones=[3]",
-    "data.eval_height=16", "data.eval_width=16", "data.n_val_views=1", "data.n_test_views=2",
-    "system.geometry.pos_encoding_config.n_levels=4", "system.geometry.pos_encoding_config.log2_hashmap_size=12",
-    "system.geometry.pos_encoding_config.per_level_scale=2.0", "system.geometry.mlp_network_config.n_neurons=16",
-    "system.renderer.num_samples_per_ray=32", "system.guidance.image_size=16",
-    "system.exporter.isosurface_resolution=32", "system.exporter.texture_size=64",
-    "system.exporter.decimate_target_faces=null", "system.exporter.isosurface_threshold=auto",
-    "trainer.max_steps=5", "trainer.val_check_interval=5", "checkpoint.every_n_train_steps=100",
-    "use_timestamp=false", "trainer.enable_progress_bar=false",
-]
+
+
+def _shared_tiny_overrides() -> list:
+    """test_mvdream_launch.py's tiny MVDream sizes (one place), run for 5 steps with 1 object x 4 views."""
+    spec = importlib.util.spec_from_file_location("_mvdream_launch_sizes",
+                                                  os.path.join(os.path.dirname(__file__), "test_mvdream_launch.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.TINY + ["data.batch_size=[4,4]", "data.n_val_views=1", "data.n_test_views=2", "trainer.max_steps=5",
+                          "trainer.val_check_interval=5", "checkpoint.every_n_train_steps=100"]
+
+
+TINY = _shared_tiny_overrides()
 
 # a user module (THREESTUDIO_CUSTOM_PATH) that makes step 2 of an MVDream run fail like a full GPU
 OOM_MODULE = '''
@@ -80,17 +83,20 @@ def test_preview_samples_the_prior_with_the_runs_checkpoint_and_seed(tmp_path, m
     expected = (np.clip(expected, 0, 1) * 255).round().astype(np.uint8)
     for got, want in zip(views, expected):
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
-    # a different seed gives different views
-    launch(*args[:-1], "seed=8", "tag=prev8")
-    other = np.asarray(Image.open(tmp_path / "mvdream-sd21-rescale0.5" / "prev8" / "preview" / "view0.png"))
-    assert np.abs(other.astype(int) - views[0].astype(int)).mean() > 1
+    # the seed matters: seed 8 gives other views, so the equality above pins the run's seed
+    other = pipe("a tiny cat", negative_prompt=negative, num_views=4, height=32, width=32, num_inference_steps=3,
+                 guidance_scale=7.5, generator=torch.Generator().manual_seed(8), output_type="np").images
+    assert np.abs((np.clip(other, 0, 1) * 255).round() - expected.astype(float)).mean() > 1
 
 
 def test_preview_refuses_other_systems(tmp_path):
-    proc = launch("--config", os.path.join(REPO, "configs", "reconstruction-example.yaml"), "--preview",
-                  f"exp_root_dir={tmp_path}", check=False)
-    assert proc.returncode == 2
-    assert "--preview samples the MVDream prior" in proc.stderr
+    from threestudio.models.guidance.mvdream_preview import sample_preview
+    from threestudio.utils.config import ConfigError, load_config
+
+    cfg = load_config(os.path.join(REPO, "configs", "reconstruction-example.yaml"), cli_args=[f"exp_root_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="--preview samples the MVDream prior; system_type is "
+                                          "'multiview-reconstruction-system'"):
+        sample_preview(cfg)
 
 
 @pytest.mark.slow
