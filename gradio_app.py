@@ -21,8 +21,6 @@ from threestudio.utils.presets import PRESET_NAMES  # noqa: E402
 from threestudio.webapp.jobs import JobQueue  # noqa: E402
 from threestudio.webapp.recipes import JobInputs, RecipeInputError, available_recipes, find_recipe  # noqa: E402
 
-NO_CHANGE = object()
-
 
 def _duration(seconds) -> str:
     if seconds is None:

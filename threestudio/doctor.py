@@ -246,7 +246,8 @@ def run(argv: Optional[list[str]] = None) -> int:
                 "none: everything runs on the CPU")
     check_backends(report, cuda)
     check_cpu_kernels(report)
-    vram = check_resources(report, cuda, "outputs")
+    out_dir = next((a.split("=", 1)[1] for a in cli if a.startswith("exp_root_dir=")), "outputs")
+    vram = check_resources(report, cuda, out_dir)
     if args.config:
         check_config(report, args.config, cli, vram, cuda)
     print("\n".join(report.lines).lstrip("\n"))
