@@ -37,9 +37,11 @@ def progress_markdown(job, progress: dict | None) -> str:
         return head + "  \nStarting…"
     loss = progress.get("loss")
     rate = progress.get("it_per_s")
-    line = (f"stage **{progress.get('stage')}** · step **{progress.get('step')}/{progress.get('max_steps') or '?'}**"
-            f" · loss {loss:.4g}" if loss is not None else
-            f"stage **{progress.get('stage')}** · step **{progress.get('step')}/{progress.get('max_steps') or '?'}**")
+    line = f"stage **{progress.get('stage')}**"
+    if progress.get("step") is not None:
+        line += f" · step **{progress['step']}/{progress.get('max_steps') or '?'}**"
+    if loss is not None:
+        line += f" · loss {loss:.4g}"
     if rate:
         line += f" · {rate:.2f} it/s · ETA {_duration(progress.get('eta_s'))}"
     text = f"{head}  \n{line}"
@@ -64,6 +66,7 @@ def build_app(queue: JobQueue) -> gr.Blocks:
                 prompt = gr.Textbox(label="Prompt", visible=False, elem_id="prompt")
                 image = gr.Image(label="Input image (RGBA)", type="filepath", image_mode="RGBA", visible=False)
                 checkpoint = gr.Textbox(label="Checkpoint (local path)", visible=False, elem_id="checkpoint")
+                checkpoint2 = gr.Textbox(label="Second checkpoint (local path)", visible=False)
                 preset = gr.Dropdown([None, *PRESET_NAMES], value=None, label="Memory preset", visible=False)
                 steps = gr.Number(label="Training steps (empty: the recipe's)", value=None, precision=0,
                                   elem_id="steps")
@@ -86,22 +89,23 @@ def build_app(queue: JobQueue) -> gr.Blocks:
             r = find_recipe(name)
             return (r.description, gr.update(visible="views" in r.needs), gr.update(visible="prompt" in r.needs),
                     gr.update(visible="image" in r.needs), gr.update(visible="checkpoint" in r.needs),
-                    gr.update(visible=r.presets))
+                    gr.update(visible="checkpoint2" in r.needs), gr.update(visible=r.presets))
 
-        recipe.change(on_recipe, recipe, [about, views, prompt, image, checkpoint, preset])
+        recipe.change(on_recipe, recipe, [about, views, prompt, image, checkpoint, checkpoint2, preset])
 
-        def on_start(name, files, prompt_text, image_path, ckpt, preset_name, n_steps, seed_value, extra_text):
+        def on_start(name, files, prompt_text, image_path, ckpt, ckpt2, preset_name, n_steps, seed_value, extra_text):
             try:
                 job = queue.submit(find_recipe(name), JobInputs(
                     files=[getattr(f, "name", f) for f in files or []], prompt=prompt_text or "", image=image_path,
-                    checkpoint=ckpt or "", preset=preset_name, max_steps=int(n_steps) if n_steps else None,
+                    checkpoint=ckpt or "", checkpoint2=ckpt2 or "", preset=preset_name,
+                    max_steps=int(n_steps) if n_steps else None,
                     seed=int(seed_value) if seed_value is not None else None,
                     extra=(extra_text or "").splitlines()))
             except (RecipeInputError, ValueError) as e:
                 return gr.update(), f"**Cannot start:** {e}", {}
             return job.id, f"Queued job {job.id}: `{job.trial_dir}`", {}
 
-        start.click(on_start, [recipe, views, prompt, image, checkpoint, preset, steps, seed, extra],
+        start.click(on_start, [recipe, views, prompt, image, checkpoint, checkpoint2, preset, steps, seed, extra],
                     [job_id, notice, shown])
 
         def on_stop(current):

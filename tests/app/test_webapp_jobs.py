@@ -94,3 +94,43 @@ def test_one_job_at_a_time_and_stop_leaves_a_resumable_checkpoint(tmp_path):
         assert [row[2] for row in queue.table()] == ["cancelled", "stopped"]
     finally:
         queue.close()
+
+
+# a pipeline with its own command line: writes a launch.py-like stage with progress.json into a subfolder, then a video
+FAKE_PIPELINE = """
+import json, os, sys
+out = sys.argv[1]
+os.makedirs(os.path.join(out, "stage3", "trial", "save"), exist_ok=True)
+open(os.path.join(out, "stage1.mp4"), "wb").write(b"video")
+json.dump({"stage": "done", "step": 7, "max_steps": 7}, open(os.path.join(out, "stage3", "trial", "progress.json"), "w"))
+"""
+
+
+def test_a_pipeline_with_its_own_command_runs_in_its_own_folder(tmp_path):
+    from threestudio.webapp.recipes import Recipe
+
+    script = tmp_path / "fake_pipeline.py"
+    script.write_text(FAKE_PIPELINE)
+    seen = {}
+
+    def command(inputs, staging, out):
+        seen.update(staging=staging, out=out)
+        return [str(script), out]
+
+    recipe = Recipe("Fake → 3D", None, ("image",), command=command)
+    queue = JobQueue(str(tmp_path / "outputs"))
+    try:
+        with pytest.raises(RecipeInputError, match="upload an RGBA image"):
+            queue.submit(recipe, JobInputs())
+        job = queue.submit(recipe, JobInputs(image="x.png"))
+        assert job.trial_dir == seen["out"] and os.path.basename(os.path.dirname(job.trial_dir)) == "fake-3d"
+        deadline = time.time() + 120
+        while job.status in ("queued", "running"):
+            assert time.time() < deadline, job.log_tail()
+            time.sleep(0.2)
+        assert job.status == "done", job.log_tail()
+        assert job.progress()["step"] == 7  # the inner stage's progress file
+        os.remove(os.path.join(job.trial_dir, "stage3", "trial", "progress.json"))
+        assert job.progress()["video"].endswith("stage1.mp4")  # else the newest video in its folder
+    finally:
+        queue.close()

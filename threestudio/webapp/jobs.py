@@ -5,7 +5,9 @@ a second stop exits at once. A queued job that has not started is simply removed
 """
 from __future__ import annotations
 
+import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from datetime import datetime
 from typing import Optional
 
 from threestudio.utils.oom import OOM_EXIT_CODE
-from threestudio.utils.progress import read_progress
+from threestudio.utils.progress import PROGRESS_FILE, read_progress
 from threestudio.webapp.recipes import REPO_ROOT, JobInputs, Recipe
 
 
@@ -34,7 +36,24 @@ class Job:
     proc: Optional[subprocess.Popen] = None
 
     def progress(self) -> Optional[dict]:
-        return read_progress(self.trial_dir)
+        """The run's progress.json; for a pipeline with its own command (trial_dir = its output folder): the newest
+        progress.json of a launch.py stage inside it, else the newest video / GLB found there."""
+        state = read_progress(self.trial_dir)
+        if state is not None or os.path.isfile(os.path.join(self.trial_dir, "configs", "parsed.yaml")):
+            return state
+        inner = sorted(glob.glob(os.path.join(self.trial_dir, "**", PROGRESS_FILE), recursive=True),
+                       key=os.path.getmtime)
+        if inner:
+            return read_progress(os.path.dirname(inner[-1]))
+        if not os.path.isdir(self.trial_dir):
+            return None
+
+        def newest(pattern: str) -> Optional[str]:
+            found = glob.glob(os.path.join(self.trial_dir, "**", pattern), recursive=True)
+            return max(found, key=os.path.getmtime) if found else None
+
+        return {"stage": self.status, "step": None, "max_steps": None, "video": newest("*.mp4"),
+                "mesh": newest("*.glb"), "latest_image": None}
 
     def log_tail(self, n: int = 20) -> str:
         try:
@@ -69,16 +88,23 @@ class JobQueue:
             job_id = len(self.jobs) + 1
         staging = os.path.join(self.outputs_root, ".app_uploads", f"job{job_id}-{int(time.time())}")
         overrides = recipe.build_overrides(inputs, staging)
-        # an ordinary timestamped trial folder, with the timestamp fixed here so the app knows where it is
         stamp = datetime.now().strftime("@%Y%m%d-%H%M%S")
+        log = os.path.join(self.outputs_root, ".app_logs", f"job{job_id}{stamp}.log")
+        os.makedirs(self.outputs_root, exist_ok=True)
+        if recipe.command is not None:  # a pipeline with its own command line, writing into its own folder
+            slug = re.sub(r"[^a-z0-9]+", "-", recipe.name.lower()).strip("-")
+            out = os.path.join(self.outputs_root, slug, f"job{job_id}{stamp}")
+            argv = [self.python, *recipe.command(inputs, staging, out)]
+            return self._queue(Job(job_id, recipe.name, argv, out, log))
+        # an ordinary timestamped trial folder, with the timestamp fixed here so the app knows where it is
         # ('@' cannot start a YAML scalar: the value is quoted)
         overrides = [f"exp_root_dir={self.outputs_root}", f"timestamp='{stamp}-job{job_id}'", *overrides]
         config = os.path.join(REPO_ROOT, recipe.config)
         trial = trial_dir_for(config, overrides)
         argv = [self.python, os.path.join(REPO_ROOT, "launch.py"), "--config", config, "--train", *overrides]
-        os.makedirs(self.outputs_root, exist_ok=True)
-        log = os.path.join(self.outputs_root, ".app_logs", f"job{job_id}{stamp}.log")
-        job = Job(job_id, recipe.name, argv, trial, log)
+        return self._queue(Job(job_id, recipe.name, argv, trial, log))
+
+    def _queue(self, job: Job) -> Job:
         with self._lock:
             self.jobs.append(job)
         self._wake.set()

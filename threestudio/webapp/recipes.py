@@ -31,6 +31,7 @@ class JobInputs:
     prompt: str = ""
     image: Optional[str] = None  # the SV3D input (RGBA)
     checkpoint: str = ""
+    checkpoint2: str = ""  # a second model (Diffusion²: SVD-xt next to SV3D_p)
     preset: Optional[str] = None
     max_steps: Optional[int] = None
     seed: Optional[int] = None
@@ -40,14 +41,17 @@ class JobInputs:
 @dataclass
 class Recipe:
     name: str
-    config: str  # relative to the repository root
-    needs: tuple[str, ...]  # of "views", "prompt", "image", "checkpoint"
+    config: Optional[str]  # relative to the repository root; None for a pipeline with its own `command`
+    needs: tuple[str, ...]  # of "views", "prompt", "image", "checkpoint", "checkpoint2"
     checkpoint_key: Optional[str] = None
     presets: bool = False
     description: str = ""
     available: Callable[[], bool] = lambda: True
     # staged inputs -> recipe-specific key=value overrides
     overrides: Callable[[JobInputs, str], list[str]] = lambda inputs, staging: []
+    # pipelines with their own command line (not a launch.py config): (inputs, staging, output folder) -> argv;
+    # the app watches the output folder for progress.json (a launch.py stage inside) and videos / meshes
+    command: Optional[Callable[[JobInputs, str, str], list[str]]] = None
 
     def build_overrides(self, inputs: JobInputs, staging: str) -> list[str]:
         """All `key=value` arguments of the job, checked: recipe inputs, checkpoint, preset, steps, seed, extra."""
@@ -56,21 +60,21 @@ class Recipe:
                 raise RecipeInputError(f"{self.name}: write a prompt.")
             if need == "image" and not inputs.image:
                 raise RecipeInputError(f"{self.name}: upload an RGBA image of the object.")
-            if need == "checkpoint":
-                path = os.path.expanduser(inputs.checkpoint.strip())
+            if need in ("checkpoint", "checkpoint2"):
+                path = os.path.expanduser((inputs.checkpoint if need == "checkpoint" else inputs.checkpoint2).strip())
                 if not path:
                     raise RecipeInputError(f"{self.name}: give the local path of the checkpoint "
                                            f"({self.checkpoint_key}); nothing is downloaded.")
                 if not os.path.exists(path):
                     raise RecipeInputError(f"{self.name}: checkpoint '{path}' does not exist.")
-        args = self.overrides(inputs, staging)
+        args = [] if self.command is not None else self.overrides(inputs, staging)
         if "checkpoint" in self.needs and self.checkpoint_key:
             args.append(f"{self.checkpoint_key}={os.path.abspath(os.path.expanduser(inputs.checkpoint.strip()))}")
         if inputs.preset and self.presets:
             args.append(f"preset={inputs.preset}")
         if inputs.max_steps:
             args.append(f"trainer.max_steps={int(inputs.max_steps)}")
-        if inputs.seed is not None:
+        if inputs.seed is not None and self.command is None:
             args.append(f"seed={int(inputs.seed)}")
         for line in inputs.extra:
             line = line.strip()
@@ -159,6 +163,31 @@ def _sv3d(inputs: JobInputs, staging: str) -> list[str]:
     return [f"data.image_path={_copy(inputs.image, staging)}"]
 
 
+def _hi3d(inputs: JobInputs, staging: str, out: str) -> list[str]:
+    """Hi3D's three stages (python -m hi3d.run); stage 3 is a launch.py reconstruction in <out>/hi3d/mesh."""
+    argv = ["-m", "hi3d.run", "--image", _copy(inputs.image, staging), "--out", out,
+            "--ckpt-dir", os.path.abspath(os.path.expanduser(inputs.checkpoint.strip())),
+            "--launch", os.path.join(REPO_ROOT, "launch.py")]
+    if inputs.seed is not None:
+        argv += ["--seed", str(int(inputs.seed))]
+    if inputs.max_steps:
+        argv += ["--recon-steps", str(int(inputs.max_steps))]
+    for line in inputs.extra:
+        if line.strip() and not line.strip().startswith("#"):
+            argv += ["--recon-override", line.strip()]
+    return argv
+
+
+def _diffusion2(inputs: JobInputs, staging: str, out: str) -> list[str]:
+    """Diffusion²'s joint multiview x video sampling (python -m diffusion2.sample): videos, no mesh."""
+    argv = ["-m", "diffusion2.sample", "--input_path", _copy(inputs.image, staging), "--out", out,
+            "--sv3d", os.path.abspath(os.path.expanduser(inputs.checkpoint.strip())),
+            "--svd", os.path.abspath(os.path.expanduser(inputs.checkpoint2.strip()))]
+    if inputs.seed is not None:
+        argv += ["--seed", str(int(inputs.seed))]
+    return argv
+
+
 def _package(name: str) -> Callable[[], bool]:
     return lambda: importlib.util.find_spec(name) is not None
 
@@ -175,11 +204,20 @@ RECIPES: list[Recipe] = [
            checkpoint_key="system.guidance.pretrained_model_name_or_path", presets=True,
            description="Score distillation from SV3D (sv3d_u / sv3d_p .safetensors) and one RGBA image.",
            overrides=_sv3d, available=_package("sv3d")),
+    # shown once their packages are installed (extensions/hi3d, extensions/diffusion2)
+    Recipe("Image → 3D (Hi3D)", None, ("image", "checkpoint"),
+           description="Hi3D: 16 views (stage 1), 1024² refinement (stage 2), reconstruction (stage 3). Checkpoint: "
+                       "the folder with first_stage.pt, second_stage.pt and the auxiliary files.",
+           command=_hi3d, available=_package("hi3d")),
+    Recipe("Image → 4D views (Diffusion²)", None, ("image", "checkpoint", "checkpoint2"),
+           description="Diffusion²: joint SV3D_p x SVD-xt sampling of views x frames. Checkpoint: sv3d_p.safetensors; "
+                       "second checkpoint: svd_xt.safetensors.",
+           command=_diffusion2, available=_package("diffusion2")),
 ]
 
 
 def available_recipes() -> list[Recipe]:
-    return [r for r in RECIPES if r.available() and os.path.isfile(os.path.join(REPO_ROOT, r.config))]
+    return [r for r in RECIPES if r.available() and (r.config is None or os.path.isfile(os.path.join(REPO_ROOT, r.config)))]
 
 
 def find_recipe(name: str) -> Recipe:
