@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -156,11 +158,23 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(queue)
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # system fonts: no font download
+    app.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False, ssr_mode=False,
+               allowed_paths=[os.path.abspath(args.outputs)], theme=theme, footer_links=[], prevent_thread_lock=True)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    # also when started in the background of a non-interactive shell, which ignores SIGINT
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        app.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False, ssr_mode=False,
-                   allowed_paths=[os.path.abspath(args.outputs)], theme=theme, footer_links=[])
+        while True:  # our own wait: Ctrl-C / SIGTERM stop the app (and ask a running job to save and stop)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("Stopping: a running job saves its checkpoint first.", flush=True)
     finally:
         queue.close()
+        app.close()
     return 0
 
 
