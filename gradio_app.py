@@ -80,7 +80,7 @@ def build_app(queue: JobQueue) -> gr.Blocks:
                 notice = gr.Markdown("", elem_id="notice")
             with gr.Column(scale=2):
                 status = gr.Markdown(progress_markdown(None, None), elem_id="status")
-                latest = gr.Image(label="Latest validation image", interactive=False, elem_id="latest")
+                latest = gr.Image(label="Latest validation image", interactive=False, elem_id="latest", height=200)
                 video = gr.Video(label="Orbit video", interactive=False, elem_id="video")
                 model = gr.Model3D(label="Textured mesh (GLB)", elem_id="model3d", height=360)
                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
