@@ -94,3 +94,13 @@ def test_next_preset_down_and_preset_for_memory():
     assert [next_preset_down(p) for p in PRESET_NAMES] == [None, "8gb", "12gb", "24gb", "48gb"]
     assert next_preset_down(None) == "80gb"
     assert preset_for_memory(80) == "80gb" and preset_for_memory(40) == "24gb" and preset_for_memory(6) == "8gb"
+
+
+def test_mvdream_estimate_takes_the_heaviest_phase_with_scalar_batches():
+    from threestudio.utils.memory_estimate import RENDER_BYTES_PER_RAY
+
+    base = {"system_type": "mvdream-system", "system": {"guidance": {"image_size": 256}}}
+    two = estimate_peak_bytes({**base, "data": {"batch_size": 4, "width": [64, 256], "height": [64, 256]}})
+    assert two["renderer"] == pytest.approx(4 * 256 * 256 * RENDER_BYTES_PER_RAY)
+    one = estimate_peak_bytes({**base, "data": {"batch_size": 4, "width": 256, "height": 256}})
+    assert one == two

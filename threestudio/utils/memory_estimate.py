@@ -30,11 +30,12 @@ UNET_BYTES_PER_FRAME_LATENT_PIXEL = 0.15 * GB / (2 * 21 * 8 * 8)  # fp32, CFG ba
 WEIGHT_BYTES_FP16 = {"sv3d": (3.05 + 1.26 + 0.17) * GB, "mvdream": (1.73 + 0.17) * GB}
 
 
-def _last(value: Any) -> Any:
-    """The largest phase of a per-phase list (`[8, 4]`), or the value itself."""
-    if isinstance(value, (list, tuple)):
-        return value
-    return [value]
+def _phases(*values: Any) -> list[tuple]:
+    """Per-phase tuples of values that are each a per-phase list (`[8, 4]`) or one value for every phase."""
+    lists = [list(v) if isinstance(v, (list, tuple)) else None for v in values]
+    n = max([len(v) for v in lists if v is not None] or [1])
+    return [tuple(v[min(i, len(v) - 1)] if v is not None else values[j] for j, v in enumerate(lists))
+            for i in range(n)]
 
 
 def _get(cfg: Mapping, dotted: str, default: Any = None) -> Any:
@@ -62,8 +63,7 @@ def estimate_peak_bytes(cfg: Mapping) -> dict[str, float]:
     bits = 16 if half else 32
     weights = WEIGHT_BYTES_FP16[family] * (1 if half else 2)
     if family == "mvdream":
-        phases = list(zip(_last(_get(cfg, "data.batch_size", 4)), _last(_get(cfg, "data.height", 256)),
-                          _last(_get(cfg, "data.width", 256))))
+        phases = _phases(_get(cfg, "data.batch_size", 4), _get(cfg, "data.height", 256), _get(cfg, "data.width", 256))
         image = int(g.get("image_size", 256))
         checkpointed = bool(g.get("gradient_checkpointing", False)) or bool(
             _get(cfg, "system.use_recompute", False))
