@@ -75,6 +75,7 @@ class JobQueue:
         self.outputs_root = os.path.abspath(outputs_root)
         self.python = python
         self.jobs: list[Job] = []
+        self._last_id = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
@@ -84,8 +85,9 @@ class JobQueue:
     # ---------------------------------------------------------------------------------------- submit
     def submit(self, recipe: Recipe, inputs: JobInputs) -> Job:
         """Check the inputs, resolve the trial folder and queue the run (errors are raised before queueing)."""
-        with self._lock:
-            job_id = len(self.jobs) + 1
+        with self._lock:  # ids are taken under the lock: two pages may submit at once
+            self._last_id += 1
+            job_id = self._last_id
         staging = os.path.join(self.outputs_root, ".app_uploads", f"job{job_id}-{int(time.time())}")
         overrides = recipe.build_overrides(inputs, staging)
         stamp = datetime.now().strftime("@%Y%m%d-%H%M%S")
