@@ -20,36 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gradio as gr  # noqa: E402
 
 from threestudio.utils.presets import PRESET_NAMES  # noqa: E402
-from threestudio.webapp.jobs import JobQueue  # noqa: E402
+from threestudio.webapp.jobs import JobQueue, progress_markdown  # noqa: E402
 from threestudio.webapp.recipes import JobInputs, RecipeInputError, available_recipes, find_recipe  # noqa: E402
-
-
-def _duration(seconds) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}h {seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m {seconds % 60:02d}s"
-
-
-def progress_markdown(job, progress: dict | None) -> str:
-    if job is None:
-        return "No job yet: pick a recipe and press **Start**."
-    head = f"**Job {job.id}** · {job.recipe} · **{job.status}**  \nTrial folder: `{job.trial_dir}`"
-    if not progress:
-        return head + "  \nStarting…"
-    loss = progress.get("loss")
-    rate = progress.get("it_per_s")
-    line = f"stage **{progress.get('stage')}**"
-    if progress.get("step") is not None:
-        line += f" · step **{progress['step']}/{progress.get('max_steps') or '?'}**"
-    if loss is not None:
-        line += f" · loss {loss:.4g}"
-    if rate:
-        line += f" · {rate:.2f} it/s · ETA {_duration(progress.get('eta_s'))}"
-    text = f"{head}  \n{line}"
-    if progress.get("message"):
-        text += f"\n\n```\n{progress['message']}\n```"
-    return text
 
 
 def build_app(queue: JobQueue) -> gr.Blocks:

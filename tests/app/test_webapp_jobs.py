@@ -134,3 +134,24 @@ def test_a_pipeline_with_its_own_command_runs_in_its_own_folder(tmp_path):
         assert job.progress()["video"].endswith("stage1.mp4")  # else the newest video in its folder
     finally:
         queue.close()
+
+
+def test_a_failed_run_shows_the_end_of_its_log(tmp_path):
+    from threestudio.webapp.jobs import progress_markdown
+    from threestudio.webapp.recipes import Recipe
+
+    script = tmp_path / "fails.py"
+    script.write_text("import sys\nprint('loading the model')\nprint('boom: no such file', file=sys.stderr)\nsys.exit(1)\n")
+    queue = JobQueue(str(tmp_path / "outputs"))
+    try:
+        job = queue.submit(Recipe("Fails", None, (), command=lambda i, s, o: [str(script)]), JobInputs())
+        deadline = time.time() + 120
+        while job.status in ("queued", "running"):
+            assert time.time() < deadline
+            time.sleep(0.2)
+        text = progress_markdown(job, job.progress())
+        assert job.status == "failed" and "**failed**" in text
+        assert "exit status 1" in text and "boom: no such file" in text and "loading the model" in text
+        assert progress_markdown(None, None).startswith("No job yet")
+    finally:
+        queue.close()

@@ -199,3 +199,40 @@ class JobQueue:
             step = f"{p.get('step', 0)}/{p.get('max_steps') or '?'}" if p else ""
             rows.append([job.id, job.recipe, job.status, step, job.trial_dir])
         return rows
+
+
+# ------------------------------------------------------------------------------------------ status text
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h {seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m {seconds % 60:02d}s"
+
+
+def progress_markdown(job: Optional[Job], progress: Optional[dict]) -> str:
+    """The page's status text (Markdown) of a job and its progress state."""
+    if job is None:
+        return "No job yet: pick a recipe and press **Start**."
+    head = f"**Job {job.id}** · {job.recipe} · **{job.status}**  \nTrial folder: `{job.trial_dir}`"
+    if not progress:
+        return head + ("  \nStarting…" if job.status in ("queued", "running") else "") + _failure(job)
+    loss = progress.get("loss")
+    rate = progress.get("it_per_s")
+    line = f"stage **{progress.get('stage')}**"
+    if progress.get("step") is not None:
+        line += f" · step **{progress['step']}/{progress.get('max_steps') or '?'}**"
+    if loss is not None:
+        line += f" · loss {loss:.4g}"
+    if rate:
+        line += f" · {rate:.2f} it/s · ETA {_duration(progress.get('eta_s'))}"
+    text = f"{head}  \n{line}"
+    if progress.get("message"):
+        text += f"\n\n```\n{progress['message']}\n```"
+    return text + _failure(job)
+
+
+def _failure(job: Job) -> str:
+    """The end of the run's log when it failed, so the reason is on the page."""
+    if job.status != "failed":
+        return ""
+    return f"\n\nThe run failed (exit status {job.returncode}); end of its log `{job.log_path}`:\n```\n{job.log_tail(15)}\n```"
