@@ -61,7 +61,7 @@ def render_held_out_views(parsed: str, ckpt: str, split: str = "test"
     cfg = load_config(parsed, cli_args=["data.test_views=split", f"data.test_split={split}"])
     dm = threestudio.find(cfg.data_type)(cfg.data)
     dm.setup("test")
-    system = threestudio.find(cfg.system_type)(cfg.system, resumed=True)
+    system = threestudio.find(cfg.system_type)(cfg.system)
     if not hasattr(system, "render_view"):
         raise EvaluationError(f"system '{cfg.system_type}' cannot render held-out views.")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)

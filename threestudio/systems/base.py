@@ -36,10 +36,9 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
     # Submodules (attribute names) left out of checkpoints: frozen priors are rebuilt from their own files.
     checkpoint_exclude: tuple[str, ...] = ()
 
-    def __init__(self, cfg: Any, resumed: bool = False, config_path: str = "system") -> None:
+    def __init__(self, cfg: Any, config_path: str = "system") -> None:
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg, where=config_path)
-        self._resumed = resumed
         self._loaded_global_step = 0
         for key in self.cfg.loss:
             if not key.startswith("lambda_"):

@@ -14,11 +14,8 @@ import threestudio
 from threestudio.models.exporters.isosurface import (
     ExportError,
     decimate,
-    fill_cavities,
-    marching_cubes,
+    extract_isosurface,
     remove_floaters,
-    resolve_threshold,
-    sample_density_grid,
 )
 from threestudio.models.exporters.mesh_io import UP_AXES, write_glb, write_textured_obj, write_vertex_color_ply
 from threestudio.models.exporters.mesh_cleanup import repair_manifold, vertex_normals
@@ -104,19 +101,11 @@ class MeshExporter(BaseObject):
             return self.cfg.isosurface_threshold
         return getattr(getattr(self.geometry, "cfg", None), "isosurface_threshold", 25.0)
 
-    def density_grid(self) -> np.ndarray:
-        device = getattr(self.geometry, "device", None)
-        return sample_density_grid(lambda p: self.geometry.forward_density(p), self.cfg.isosurface_resolution,
-                                   self.radius(), self.cfg.chunk, device)
-
     def extract_mesh(self) -> tuple[np.ndarray, np.ndarray]:
         """Vertices (V,3) and outward-facing faces (F,3) of the cleaned, decimated isosurface."""
-        grid = self.density_grid()
-        threshold = resolve_threshold(grid, self.threshold_setting())
-        if self.cfg.fill_cavities:
-            grid = fill_cavities(grid, threshold)
-        vertices, faces = marching_cubes(grid, threshold, self.radius())
-        logger.info("marching cubes at %.4g: %d vertices, %d faces", threshold, len(vertices), len(faces))
+        vertices, faces, _ = extract_isosurface(
+            self.geometry.forward_density, self.cfg.isosurface_resolution, self.threshold_setting(), self.radius(),
+            self.cfg.chunk, getattr(self.geometry, "device", None), cavities=self.cfg.fill_cavities)
         if self.cfg.remove_floaters:
             vertices, faces = remove_floaters(vertices, faces, self.cfg.floater_min_fraction)
         if self.cfg.decimate_target_faces:
