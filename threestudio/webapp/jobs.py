@@ -33,13 +33,14 @@ class Job:
     returncode: Optional[int] = None
     submitted: float = field(default_factory=time.time)
     stop_requests: int = 0
+    own_command: bool = False  # a pipeline with its own command line (trial_dir is its output folder)
     proc: Optional[subprocess.Popen] = None
 
     def progress(self) -> Optional[dict]:
         """The run's progress.json; for a pipeline with its own command (trial_dir = its output folder): the newest
         progress.json of a launch.py stage inside it, else the newest video / GLB found there."""
         state = read_progress(self.trial_dir)
-        if state is not None or os.path.isfile(os.path.join(self.trial_dir, "configs", "parsed.yaml")):
+        if state is not None or not self.own_command:
             return state
         inner = sorted(glob.glob(os.path.join(self.trial_dir, "**", PROGRESS_FILE), recursive=True),
                        key=os.path.getmtime)
@@ -97,7 +98,7 @@ class JobQueue:
             slug = re.sub(r"[^a-z0-9]+", "-", recipe.name.lower()).strip("-")
             out = os.path.join(self.outputs_root, slug, f"job{job_id}{stamp}")
             argv = [self.python, *recipe.command(inputs, staging, out)]
-            return self._queue(Job(job_id, recipe.name, argv, out, log))
+            return self._queue(Job(job_id, recipe.name, argv, out, log, own_command=True))
         # an ordinary timestamped trial folder, with the timestamp fixed here so the app knows where it is
         # ('@' cannot start a YAML scalar: the value is quoted)
         overrides = [f"exp_root_dir={self.outputs_root}", f"timestamp='{stamp}-job{job_id}'", *overrides]
