@@ -142,8 +142,10 @@ class SV3DPipeline(DiffusionPipeline):
         azimuths_rad: Optional[Sequence[float]] = None,
         fps_id: float = 6,
         motion_bucket_id: float = 127,
+        elevations_deg: Optional[Sequence[float]] = None,
     ) -> torch.Tensor:
-        """(B, T, K) raw per-frame ids in config order (sv3d_p: cond_aug, polar, azimuth)."""
+        """(B, T, K) raw per-frame ids in config order (sv3d_p: cond_aug, polar, azimuth; svd_mv: cond_aug,
+        elevation in degrees)."""
         per_key: Dict[str, torch.Tensor] = {
             "cond_aug": torch.full((num_frames,), float(cond_aug)),
             "fps_id": torch.full((num_frames,), float(fps_id)),
@@ -153,6 +155,8 @@ class SV3DPipeline(DiffusionPipeline):
             per_key["polars_rad"] = torch.as_tensor(polars_rad, dtype=torch.float32).reshape(num_frames)
         if azimuths_rad is not None:
             per_key["azimuths_rad"] = torch.as_tensor(azimuths_rad, dtype=torch.float32).reshape(num_frames)
+        if elevations_deg is not None:
+            per_key["elevation_deg"] = torch.as_tensor(elevations_deg, dtype=torch.float32).reshape(num_frames)
         missing = [k for k in self.spec.vector_keys if k not in per_key]
         if missing:
             raise ValueError(f"{self.spec.version} needs per-frame {missing} (e.g. from sv3d.cameras.sv3d_p_camera_ids)")
@@ -214,7 +218,8 @@ class SV3DPipeline(DiffusionPipeline):
         callback=None,
         return_dict: bool = True,
     ) -> Union[SV3DOutput, tuple]:
-        """One image -> one video (SVD) or one 21-view orbit (SV3D) whose last frame is the input view.
+        """One image -> one video (SVD) or one 21-view orbit (SV3D: the last frame is the input view; SVD-MV: the
+        first frame is at the input view).
 
         `callback(step, latents, denoised)` runs after every Euler step. return_dict=False returns the tuple
         (frames, latents) instead of an `SV3DOutput`."""
@@ -234,12 +239,17 @@ class SV3DPipeline(DiffusionPipeline):
         polars = azims = None
         if sv3d:
             elevs = [float(e) for e in np.broadcast_to(np.asarray(elevations_deg, dtype=np.float64), (num_frames,))]
+        if spec.family == "svd_mv":
+            # SVD-MV's orbit starts at the input view: frame i at i * 360 / T degrees
+            azs = [float(a) for a in np.linspace(0, 360, num_frames + 1)[:-1]] if azimuths_deg is None else [float(a) for a in azimuths_deg]
+        elif sv3d:
             az = orbit_azimuths_deg(num_frames) if azimuths_deg is None else np.asarray(azimuths_deg, dtype=np.float64)
             cams = sv3d_p_camera_ids(elevs, az, num_frames)
             azs = [float(np.degrees(a)) for a in cams[:, 1]]
             if spec.family == "sv3d_p":
                 polars, azims = cams[:, 0], cams[:, 1]
-        ids = self.added_time_ids(num_frames, cond_aug, 1, polars, azims, fps_id, motion_bucket_id)
+        ids = self.added_time_ids(num_frames, cond_aug, 1, polars, azims, fps_id, motion_bucket_id,
+                                  elevs if spec.family == "svd_mv" else None)
         scales = self.guidance_scales(num_frames, min_scale, max_scale).to(self.device)
         h, w = concat.shape[-2:]
         noise = torch.randn((1, num_frames, concat.shape[1], h, w), generator=gen).to(self.device)
@@ -256,7 +266,7 @@ class SV3DPipeline(DiffusionPipeline):
         sigmas = edm_sigmas(num_steps, spec.sigma_min, spec.sigma_max, spec.rho).to(self.device)
         latents = euler_sample(guided, noise, sigmas, callback)[0]
         frames = self.decode_latents(latents, decoding_t)
-        if sv3d:
+        if sv3d and spec.family != "svd_mv":  # SV3D orbits end on the input view; SVD-MV keeps its frame 0
             frames[-1:] = x_img.to(frames.dtype)
         frames = ((frames + 1.0) / 2.0).clamp(0.0, 1.0)
         self.maybe_free_model_hooks()  # after model CPU offload, as diffusers' pipelines do
