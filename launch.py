@@ -198,6 +198,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     group.add_argument("--validate", action="store_true")
     group.add_argument("--test", action="store_true")
     group.add_argument("--export", action="store_true")
+    group.add_argument("--preview", action="store_true",
+                       help="MVDream configs: sample the prior's views for the prompt (same checkpoint and seed) "
+                            "into <trial>/preview/ and stop")
+    parser.add_argument("--preview-steps", type=int, default=50, help="DDIM steps of --preview")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser.parse_known_args(argv)
 
@@ -237,12 +241,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     from threestudio.utils.config import ConfigError, load_config, validate_call_options
     from threestudio.utils.misc import NonFiniteError, get_rank
+    from threestudio.utils.oom import OutOfMemoryCheckpoint, handle_out_of_memory, is_out_of_memory
+    from threestudio.utils.progress import ProgressFileCallback, update_progress
 
     stage = "train" if args.train else "validate" if args.validate else "test" if args.test else "export"
     rank = get_rank()
     made: list[str] = []
     try:
         cfg = load_config(args.config, cli_args=extras, n_gpus=max(n_gpus, 1))
+        if args.preview:  # the prior's 4 views for the prompt, then stop (no trial record, no training)
+            from threestudio.models.guidance.mvdream_preview import sample_preview
+
+            print(f"Preview written to {sample_preview(cfg, steps=args.preview_steps)}")
+            return 0
         trainer_options = validate_call_options(pl.Trainer, cfg.trainer, "trainer", RESERVED_TRAINER_KEYS)
         checkpoint_options = validate_call_options(ModelCheckpoint, cfg.checkpoint, "checkpoint",
                                                    RESERVED_CHECKPOINT_KEYS)
@@ -265,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["THREESTUDIO_TRIAL_DIR"] = cfg.trial_dir
         ckpt_dir = os.path.join(cfg.trial_dir, "ckpts")
         interrupt = GracefulInterruptCallback()
-        callbacks: list = []
+        callbacks: list = [ProgressFileCallback(cfg.trial_dir)]
+        out_of_memory = OutOfMemoryCheckpoint(cfg.trial_dir)
         if cfg.trainer.get("enable_progress_bar", True):
             callbacks.append(ProgressBar(refresh_rate=1))
         loggers: list = []
@@ -274,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 checkpointing = ModelCheckpoint(dirpath=ckpt_dir, **checkpoint_options)
             except Exception as e:  # noqa: BLE001 - Lightning's own validation of the values
                 raise ConfigError(f"checkpoint: {e}") from None
-            callbacks += [checkpointing, LearningRateMonitor(logging_interval="step"), interrupt]
+            callbacks += [checkpointing, LearningRateMonitor(logging_interval="step"), interrupt, out_of_memory]
             loggers = [TensorBoardLogger(cfg.trial_dir, name="tb_logs"), CSVLogger(cfg.trial_dir, name="csv_logs")]
         trainer_kwargs = dict(trainer_options)
         if n_gpus > 0:
@@ -315,7 +327,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.train:
-            trainer.fit(system, datamodule=dm, ckpt_path=cfg.resume)
+            try:
+                trainer.fit(system, datamodule=dm, ckpt_path=cfg.resume)
+            except Exception as e:  # noqa: BLE001 - out of memory: save a resumable checkpoint, name a preset
+                if not is_out_of_memory(e):
+                    raise
+                return handle_out_of_memory(e, out_of_memory, cfg)
             # always leave a resumable last.ckpt, also after an interrupted run (unless it is already current)
             last = os.path.join(ckpt_dir, "last.ckpt")
             if checkpoint_io.written.get(os.path.abspath(last)) != trainer.global_step:
@@ -335,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(describe_input_error(e), file=sys.stderr)
         return 2
+    if trainer.is_global_zero:
+        update_progress(cfg.trial_dir, stage="stopped" if interrupt.interrupted else "done",
+                        message="stopped by the user; resume from ckpts/last.ckpt" if interrupt.interrupted else None)
     return 0
 
 

@@ -69,6 +69,11 @@ class ExperimentConfig:
     n_gpus: int = 1
 
     resume: Optional[str] = None
+    # memory preset of the distillation recipes (threestudio/utils/presets.py), applied between the YAML and the
+    # command line; load_config records it in `preset_applied` and clears `preset`, so a saved parsed.yaml holds
+    # the resolved values and reloading it does not apply the preset over later overrides again
+    preset: Optional[str] = None
+    preset_applied: Optional[str] = None
 
     data_type: str = ""
     data: dict = field(default_factory=dict)
@@ -111,6 +116,18 @@ def load_config(*yamls: str, cli_args: Optional[list[str]] = None, from_string: 
                     raise ConfigError(f"Config file '{path}' does not exist.")
                 loaded.append(OmegaConf.load(path))
         cfg = OmegaConf.merge(*loaded, OmegaConf.from_dotlist(cli_args), OmegaConf.create(overrides))
+        preset = OmegaConf.select(cfg, "preset", default=None)
+        if preset is not None:
+            from threestudio.utils.presets import PresetError, preset_overrides
+
+            try:
+                layer = preset_overrides(str(OmegaConf.select(cfg, "system_type", default="")), str(preset))
+            except PresetError as e:
+                raise ConfigError(str(e)) from None
+            dotlist = [f"{k}={v}" for k, v in layer.items()]
+            cfg = OmegaConf.merge(*loaded, OmegaConf.from_dotlist(dotlist), OmegaConf.from_dotlist(cli_args),
+                                  OmegaConf.create(overrides))
+            cfg.preset, cfg.preset_applied = None, str(preset).lower()
         OmegaConf.resolve(cfg)
     except (OmegaConfBaseException, yaml.YAMLError) as e:
         raise ConfigError(f"Could not build the configuration: {e}") from e
