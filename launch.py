@@ -189,7 +189,7 @@ def describe_input_error(e: BaseException) -> str:
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True, help="path to a YAML config")
+    parser.add_argument("--config", default=None, help="path to a YAML config (required)")
     parser.add_argument("--gpu", default=None,
                         help="GPU(s) to use, e.g. 0 or 0,1 (several = DDP); default: the first visible GPU. "
                              "Ignored without CUDA")
@@ -203,7 +203,29 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                             "into <trial>/preview/ and stop")
     parser.add_argument("--preview-steps", type=int, default=50, help="DDIM steps of --preview")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
-    return parser.parse_known_args(argv)
+    parser.add_argument("--train_highres", action="store_true",
+                        help="MVDream-threestudio's spelling of the second (256²) phase: --train with "
+                             f"{HIGHRES_CONFIG}, resumed from the low-res run's resume=<ckpt>")
+    args, extras = parser.parse_known_args(argv)
+    if args.train_highres:
+        apply_train_highres(parser, args, extras)
+    elif args.config is None:
+        parser.error("the following arguments are required: --config")
+    return args, extras
+
+
+HIGHRES_CONFIG = "configs/mvdream-sd21-highres.yaml"
+
+
+def apply_train_highres(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> None:
+    """`--train --train_highres resume=<low-res ckpt>`: the MVDream seed's flag for the 256² phase."""
+    if not args.train:
+        parser.error("--train_highres goes with --train (it is the second training phase)")
+    if args.config is not None and not os.path.basename(args.config).startswith("mvdream-sd21"):
+        parser.error(f"--train_highres is the MVDream recipe's high-res phase; it does not apply to {args.config}")
+    if not any(e.startswith("resume=") for e in extras):
+        parser.error("--train_highres continues a low-res run: add resume=<trial>/ckpts/epoch=0-step=5000.ckpt")
+    args.config = os.path.join(REPO_ROOT, HIGHRES_CONFIG)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,7 @@ class RandomCameraDataModuleConfig:
     light_position_perturb: float = 1.0
     light_distance_range: list = field(default_factory=lambda: [0.8, 1.5])
     batch_uniform_azimuth: bool = True
+    # training camera distances divided by tan(fovy / 2) (MVDream-threestudio); evaluation distances are absolute
     relative_radius: bool = False
     eval_elevation_deg: float = 15.0
     eval_camera_distance: float = 1.5
@@ -109,7 +110,7 @@ class RandomCameraDataModule(CameraDataModule):
     def _orbit(self, n_views: int) -> OrbitViewDataset:
         c = self.cfg
         return OrbitViewDataset(n_views, c.eval_elevation_deg, c.eval_camera_distance, c.eval_fovy_deg,
-                                c.eval_height, c.eval_width, relative_radius=c.relative_radius)
+                                c.eval_height, c.eval_width)
 
     def setup(self, stage: Optional[str] = None) -> None:
         self.train_dataset = self._make_train_dataset()

@@ -7,7 +7,7 @@ import importlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -40,16 +40,41 @@ def cleanup() -> None:
         torch.cuda.empty_cache()
 
 
-def cuda_package_available(module: str) -> bool:
-    """True when CUDA is usable and the optional CUDA package `module` (tinycudann, nerfacc, nvdiffrast)
-    imports. The import happens only here, lazily: CPU machines never import these packages."""
+# module -> None when it imported, else why not (probed once per process)
+_CUDA_PACKAGE_ERRORS: dict[str, Optional[str]] = {}
+
+
+def cuda_package_error(module: str) -> Optional[str]:
+    """Why the optional CUDA package `module` cannot be used ("no CUDA device", "not installed", or the import
+    error), None when it can. The import happens only here, lazily, and only on a CUDA machine."""
     if not torch.cuda.is_available():
-        return False
-    try:
-        importlib.import_module(module)
-    except Exception:  # noqa: BLE001 - a missing or a broken install both mean "not available"
-        return False
-    return True
+        return "no CUDA device"
+    if module not in _CUDA_PACKAGE_ERRORS:
+        try:
+            importlib.import_module(module)
+            _CUDA_PACKAGE_ERRORS[module] = None
+        except ModuleNotFoundError as error:
+            _CUDA_PACKAGE_ERRORS[module] = "not installed" if error.name == module else f"{type(error).__name__}: {error}"
+        except Exception as error:  # noqa: BLE001 - a broken build raises anything (OSError, ImportError, ...)
+            _CUDA_PACKAGE_ERRORS[module] = f"{type(error).__name__}: {error}"
+    return _CUDA_PACKAGE_ERRORS[module]
+
+
+def cuda_package_available(module: str, fallback: str = "the pure-PyTorch path") -> bool:
+    """True when CUDA is usable and the optional CUDA package `module` (tinycudann, nerfacc, nvdiffrast)
+    imports. On a CUDA machine where it does not, says once why and what runs instead."""
+    error = cuda_package_error(module)
+    if error is None:
+        return True
+    if error != "no CUDA device" and module not in _REPORTED:
+        _REPORTED.add(module)
+        logging.getLogger(__name__).warning(
+            "%s is unavailable on this CUDA machine (%s); using %s instead, which is slower. "
+            "`python -m threestudio.doctor` lists the fixes.", module, error, fallback)
+    return False
+
+
+_REPORTED: set[str] = set()
 
 
 # --------------------------------------------------------------------------- safe checkpoint reading

@@ -25,6 +25,9 @@ class NeuralEnvironmentMapBackground(BaseBackground):
         )
         random_aug: bool = False
         random_aug_prob: float = 0.5
+        # one random colour for all views of the batch (MVDream-threestudio): the 4 views of an object must
+        # agree for the multiview prior
+        share_aug_bg: bool = False
         # a fixed colour at evaluation time (e.g. white for clean test renders)
         eval_color: Optional[Tuple[float, ...]] = None
 
@@ -53,5 +56,5 @@ class NeuralEnvironmentMapBackground(BaseBackground):
         x = (dirs.reshape(-1, 3) + 1.0) / 2.0
         color = self.color_act(self.network(self.encoding(x))).view(*dirs.shape[:-1], self.cfg.n_output_dims)
         if self.training and self.cfg.random_aug and float(torch.rand(())) < self.cfg.random_aug_prob:
-            color = color * 0 + random_solid_colors(dirs, self.cfg.n_output_dims)
+            color = color * 0 + random_solid_colors(dirs, self.cfg.n_output_dims, self.cfg.share_aug_bg)
         return color
