@@ -83,7 +83,8 @@ def train(cfg: TrainConfig, accelerator=None) -> TrainResult:
     objects = read_dataset(cfg.data.root, cfg.data.format, cfg.data.meta, cfg.data.hi3d_elevations, cfg.data.hi3d_views_per_ring)
     if cfg.data.max_objects:
         objects = objects[: cfg.data.max_objects]
-    dataset = OrbitClipDataset(objects, cfg.data.num_frames, cfg.data.resolution, cfg.seed, cfg.data.random_roll)
+    dataset = OrbitClipDataset(objects, cfg.data.num_frames, cfg.data.resolution, cfg.seed, cfg.data.random_roll,
+                               latent_cache=cfg.data.latent_cache)
     val_dataset = None
     if cfg.validation.root or cfg.validation.meta:
         val_objects = read_dataset(cfg.validation.root or "", cfg.validation.format, cfg.validation.meta,

@@ -93,22 +93,27 @@ class Recipe:
     @torch.no_grad()
     def conditioning(self, batch: Dict[str, torch.Tensor], models: FrozenEncoders, noise_aug: torch.Tensor,
                      aug_noise: torch.Tensor) -> Conditioning:
-        """batch["frames"] (B, F, 3, H, W) in [-1, 1] with the condition view first; noise_aug (B,); aug_noise
-        (B, 3, H, W) unit Gaussian for the condition view."""
+        """batch["frames"] (B, F, 3, H, W) in [-1, 1] with the condition view first (or (B, 1, ...) with the
+        latent cache's batch["latents"] (B, F, 4, h, w) unscaled and batch["clip"] (B, D)); noise_aug (B,);
+        aug_noise (B, 3, H, W) unit Gaussian for the condition view."""
         from ...preprocess import clip_preprocess
         from ..conditioning import noise_augment
 
         frames = batch["frames"]
-        b, f = frames.shape[:2]
+        b, f = batch["elevation_deg"].shape[:2]
         vae, enc = models.vae, models.image_encoder
         vdtype = next(vae.parameters()).dtype
         cond = frames[:, 0]
-        pixels = clip_preprocess(cond.float(), enc.config.image_size)
-        context = enc(pixel_values=pixels.to(next(enc.parameters()).dtype)).image_embeds[:, None, :]
+        if "latents" in batch:  # latent cache: targets and CLIP embedding precomputed
+            context = batch["clip"][:, None, :]
+            latents = self.order_frames(batch["latents"]) * models.scale_factor
+        else:
+            pixels = clip_preprocess(cond.float(), enc.config.image_size)
+            context = enc(pixel_values=pixels.to(next(enc.parameters()).dtype)).image_embeds[:, None, :]
+            latents = vae.encode(self.order_frames(frames).flatten(0, 1).to(vdtype)).latent_dist.mode()
+            latents = latents.unflatten(0, (b, f)) * models.scale_factor
         noisy = noise_augment(cond, noise_aug, aug_noise)
         cond_latent = vae.encode(noisy.to(vdtype)).latent_dist.mode()
-        latents = vae.encode(self.order_frames(frames).flatten(0, 1).to(vdtype)).latent_dist.mode()
-        latents = latents.unflatten(0, (b, f)) * models.scale_factor
         concat = cond_latent[:, None].expand(-1, f, -1, -1, -1)
         ordered = {k: (self.order_frames(v) if k in ("elevation_deg", "azimuth_deg") else v) for k, v in batch.items()}
         return Conditioning(latents.float(), concat.float(), context.float(), self.added_time_ids(noise_aug, ordered))
