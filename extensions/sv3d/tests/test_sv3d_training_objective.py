@@ -104,3 +104,33 @@ def test_sv3d_recipes_put_the_condition_view_last():
     assert torch.allclose(ids[0, :, 1], torch.deg2rad(torch.tensor([80.0, 60.0, 80.0, 80.0])))
     assert torch.allclose(ids[0, :, 2], torch.deg2rad(torch.tensor([90.0, 180.0, 270.0, 0.0])))
     assert get_recipe("sv3d_u").added_time_ids(torch.tensor([0.5]), ordered).shape == (1, 4, 1)
+
+
+@pytest.mark.parametrize("mode", ["layer", "block"])
+def test_checkpointing_keeps_loss_and_gradients(tiny_pipes, mode):
+    unet = tiny_pipes("sv3d_u").unet
+    unet.train()
+    g = torch.Generator().manual_seed(0)
+    args = (torch.randn(1, 3, 4, 8, 8, generator=g), torch.tensor([1.3]), torch.randn(1, 3, 4, 8, 8, generator=g),
+            torch.randn(1, 3, 4, 8, 8, generator=g), torch.randn(1, 1, 32, generator=g), torch.rand(1, 3, 1, generator=g))
+
+    def grads():
+        unet.zero_grad()
+        loss = edm_training_loss(unet, *args, "edm")
+        loss.backward()
+        return float(loss.detach()), {n: p.grad.clone() for n, p in unet.named_parameters()}
+
+    try:
+        ref_loss, ref = grads()
+        if mode == "block":
+            unet.enable_block_checkpointing()
+        else:
+            unet.enable_gradient_checkpointing()
+        loss, got = grads()
+    finally:
+        unet.enable_block_checkpointing(False)
+        unet.disable_gradient_checkpointing()
+        unet.zero_grad()
+        unet.eval()
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    assert all(torch.allclose(got[n], ref[n], atol=1e-6, rtol=1e-4) for n in ref)

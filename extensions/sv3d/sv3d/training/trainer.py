@@ -124,7 +124,9 @@ def train(cfg: TrainConfig, accelerator=None) -> TrainResult:
         add_lora(unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules, cfg.lora.extra_trainable)
     else:
         set_trainable(unet, cfg.freeze_spatial, cfg.freeze_temporal)
-    if cfg.gradient_checkpointing:
+    if cfg.gradient_checkpointing and cfg.checkpointing_granularity == "block":
+        unet.enable_block_checkpointing()
+    elif cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
     for module in (src.vae, src.image_encoder):
