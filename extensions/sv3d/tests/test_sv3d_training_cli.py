@@ -116,3 +116,14 @@ def test_lora_run_trains_adapters_and_exports_merged_weights(tiny_svd_xt, dummy_
                "label_emb.0.2.weight", "label_emb.0.2.bias")
     assert all(k.endswith(allowed) for k in changed), sorted(k for k in changed if not k.endswith(allowed))[:5]
     assert not any("lora" in k for k in out)
+
+
+@pytest.mark.parametrize("name", ["svd_mv", "sv3d_u", "sv3d_p"])
+def test_shipped_training_configs_load(name, tmp_path):
+    from sv3d.training import ConfigError, load_config
+
+    path = os.path.join(SV3D_ROOT, "train_configs", f"{name}.yaml")
+    with pytest.raises(ConfigError, match="pretrained"):
+        load_config(path)
+    cfg = load_config(path, ["pretrained=x.safetensors", f"data.root={tmp_path}", "data.num_frames=5"])
+    assert cfg.recipe == name and cfg.data.num_frames == 5 and cfg.loss.weighting in ("edm", "svd_mv_reference")
