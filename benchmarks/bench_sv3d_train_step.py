@@ -70,7 +70,10 @@ def step_fn(unet, optimizer, frames: int, hw: int, accelerator=None):
     sigma = torch.tensor([1.5], device=dev)
 
     def step():
-        loss = edm_training_loss(unet, x0, sigma, noise, concat, ctx, ids, "edm")
+        import contextlib
+
+        with accelerator.autocast() if accelerator is not None else contextlib.nullcontext():
+            loss = edm_training_loss(unet, x0, sigma, noise, concat, ctx, ids, "edm")
         if accelerator is not None:
             accelerator.backward(loss)
         else:
