@@ -146,7 +146,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     import trimesh
 
-    from threestudio.models.exporters.isosurface import ExportError, fill_cavities, marching_cubes, sample_density_grid
+    from threestudio.models.exporters.isosurface import ExportError, extract_isosurface
     from threestudio.models.exporters.mesh_exporter import query_albedo
     from threestudio.models.exporters.mesh_io import write_vertex_color_ply
 
@@ -157,10 +157,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     geometry, material, renderer = modules["geometry"], modules["material"], modules["renderer"]
     radius = float(getattr(geometry.cfg, "radius", 1.0))
-    grid = sample_density_grid(geometry.forward_density, args.resolution, radius)
     try:
-        # enclosed empty pockets (the never-seen interior) would become inner surfaces
-        vertices, faces = marching_cubes(fill_cavities(grid, args.threshold), args.threshold, radius)
+        # enclosed empty pockets (the never-seen interior) would become inner surfaces: filled
+        vertices, faces, _ = extract_isosurface(geometry.forward_density, args.resolution, args.threshold, radius,
+                                                cavities=True)
     except ExportError as e:
         print(f"error: {e}".replace("system.exporter.isosurface_threshold", "--threshold"), file=sys.stderr)
         return 1

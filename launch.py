@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.trial_name = os.path.basename(trial)
         pl.seed_everything(cfg.seed + get_rank(), workers=True, verbose=False)
         dm = threestudio.find(cfg.data_type)(cfg.data)
-        system = threestudio.find(cfg.system_type)(cfg.system, resumed=cfg.resume is not None)
+        system = threestudio.find(cfg.system_type)(cfg.system)
     except (ConfigError, ValueError) as e:
         print(f"Configuration error: {e}", file=sys.stderr)
         return 2

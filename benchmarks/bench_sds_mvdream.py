@@ -79,13 +79,14 @@ def run_phase(phase: str, steps: int, warmup: int, device_name: str, checkpointi
         f"data.batch_size={batch_size}", f"data.width={size}", f"data.height={size}", "data.resolution_milestones=[]",
         f"system.guidance.gradient_checkpointing={str(checkpointing).lower()}"])
     system = MVDreamSystem(cfg.system).to(device)
-    guidance = RandomWeightGuidance(cfg.system["guidance"]).to(device)
+    guidance = RandomWeightGuidance(cfg.system["guidance"])
+    guidance.prior.device = device
     width = guidance.unet.config.cross_attention_dim
     prompt_utils = PromptProcessorOutput(torch.randn(1, 77, width), torch.randn(1, 77, width))
     optimizer = parse_optimizer(cfg.system["optimizer"], system)
     dataset = RandomMultiviewCameraDataModule(cfg.data)._make_train_dataset()
     system.train()
-    system.renderer.update_step(0, 0)  # warm-up occupancy update: the grid starts from the initial blob
+    system.renderer.do_update_step(0, 0)  # warm-up occupancy update: the grid starts from the initial blob
 
     times, split = [], {"render": [], "guidance": [], "backward+step": []}
     if device.type == "cuda":
@@ -95,8 +96,8 @@ def run_phase(phase: str, steps: int, warmup: int, device_name: str, checkpointi
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in dataset.batch_at(step).items()}
         _sync(device)
         t0 = time.perf_counter()
-        system.update_step(0, step)
-        guidance.update_step(0, step)
+        system.do_update_step(0, step)
+        guidance.do_update_step(0, step)
         out = system(batch)
         _sync(device)
         t1 = time.perf_counter()

@@ -61,7 +61,7 @@ def fixed_noise(seed=2):
 
 
 def hand_denoised(guidance, z, sigma, eps, ids):
-    """CFG denoiser written out from DESIGN.md §5: EDM v-prediction scalings, zeroed conditioning for the
+    """CFG denoiser written out from generative-models' definitions: EDM v-prediction scalings, zeroed conditioning for the
     unconditional branch, triangle scale 1 at frames 0 and 20, 2.5 at frame 10."""
     pipe = guidance.pipe
     x = (z + sigma * eps)[None]
@@ -186,7 +186,7 @@ def test_weightings_and_sigma_schedule(assets, guidance_u):
     rgb = renders(10)
     ratio = g(rgb, sigma=sigma, noise=eps)["loss_sds"] / u(rgb, sigma=sigma, noise=eps)["loss_sds"]
     assert ratio.item() == pytest.approx(1 / sigma, rel=1e-5)
-    g.update_step(0, 50)
+    g.do_update_step(0, 50)
     assert (g.sigma_min, g.sigma_max) == (0.5, pytest.approx(5.0))
     torch.manual_seed(0)
     draws = [g.sample_sigma() for _ in range(200)]
@@ -195,12 +195,14 @@ def test_weightings_and_sigma_schedule(assets, guidance_u):
     assert 0.35 < np.mean(np.array(draws) < math.sqrt(0.5 * 5.0)) < 0.65
     bad = make_guidance(assets, "sv3d_u", guidance_u.pipe, sigma_min=3.0, sigma_max=[0, 8.0, 2.0, 100])
     with pytest.raises(ConfigError, match="sigma_min"):
-        bad.update_step(0, 100)
+        bad.do_update_step(0, 100)
 
 
 def test_guidance_keeps_no_weights_in_its_state(guidance_u):
-    assert list(guidance_u.state_dict()) == []
-    assert not any(p.requires_grad for p in guidance_u.pipe.unet.parameters())
+    assert list(guidance_u.state_dict()) == [] and list(guidance_u.parameters()) == []
+    guidance_u.train()
+    for module in (guidance_u.pipe.unet, guidance_u.pipe.vae, guidance_u.pipe.image_encoder):
+        assert not module.training and not any(p.requires_grad for p in module.parameters())
 
 
 def test_sample_orbit_shapes(guidance_u):
@@ -220,8 +222,11 @@ def test_saved_tensor_bytes_counts_activations():
 
 
 def test_bad_inputs(assets, guidance_u, tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
-        make_guidance(assets, pretrained_model_name_or_path=str(tmp_path / "missing.safetensors"))
+    # building reads nothing (--test/--export never need the prior); loading it names the key
+    missing = make_guidance(assets, pretrained_model_name_or_path=str(tmp_path / "missing.safetensors"))
+    assert not missing.prior.loaded
+    with pytest.raises(ConfigError, match="pretrained_model_name_or_path.*does not exist"):
+        missing.load_prior()
     with pytest.raises(ConfigError, match="weighting"):
         make_guidance(assets, pipeline=guidance_u.pipe, weighting="karras")
     with pytest.raises(ValueError, match=r"\(N=21, H, W, 3\)"):
@@ -229,7 +234,7 @@ def test_bad_inputs(assets, guidance_u, tmp_path):
     rgb = Image.new("RGB", (32, 32), (255, 0, 0))
     rgb.save(tmp_path / "rgb.png")
     with pytest.raises(ConfigError, match="RGBA"):
-        make_guidance(assets, pipeline=guidance_u.pipe, cond_image_path=str(tmp_path / "rgb.png"))
+        make_guidance(assets, pipeline=guidance_u.pipe, cond_image_path=str(tmp_path / "rgb.png")).load_prior()
 
 
 def test_sv3d_u_warns_about_other_orbits(guidance_u, caplog):

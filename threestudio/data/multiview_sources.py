@@ -1,7 +1,7 @@
 """Reading posed images from disk: NeRF-synthetic / instant-ngp `transforms*.json` and orbit videos.
 
 Both readers return a `ViewSet`: straight-colour images, masks, camera-to-world matrices (z-up world,
-OpenGL camera axes, DESIGN.md §3) and pinhole intrinsics. Every problem with the input raises a
+OpenGL camera axes, docs/architecture.md §3) and pinhole intrinsics. Every problem with the input raises a
 `DatasetError` that names the file and says what is wrong.
 """
 from __future__ import annotations
@@ -264,7 +264,7 @@ def read_orbit_frames(path: str) -> tuple[list[np.ndarray], list[str]]:
 
 
 def orbit_azimuths(n_frames: int, offset_deg: float = 0.0) -> Tensor:
-    """Evenly spaced azimuths with the LAST frame at `offset_deg` (the input view), DESIGN.md §3."""
+    """Evenly spaced azimuths with the LAST frame at `offset_deg` (the input view), docs/architecture.md §3."""
     return (offset_deg + (torch.arange(n_frames, dtype=torch.float32) + 1) * 360.0 / n_frames) % 360.0
 
 

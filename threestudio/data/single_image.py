@@ -4,7 +4,7 @@ Training batch (one per step): the reference view's camera and rays with its gro
 composited on white and `mask` (1, H, W, 1), as SV3D's preprocessing makes them (crop to the alpha box, centre,
 `image_frame_ratio`, 576, white), and `orbit`: the N orbit cameras (SV3D order: frame i at azimuth
 (i + 1)·360/N relative to the input view, the last frame is the input view) at the input's elevation, with
-`azimuth_relative` (N,). Conventions: DESIGN.md §3. The optional azimuth jitter of the orbit (for sv3d_p) is
+`azimuth_relative` (N,). Conventions: docs/architecture.md §3. The optional azimuth jitter of the orbit (for sv3d_p) is
 drawn per step from (seed, step), so a resumed run sees the same cameras as an uninterrupted one.
 """
 from __future__ import annotations

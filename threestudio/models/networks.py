@@ -303,19 +303,3 @@ def load_tcnn_mlp_params(mlp: VanillaMLP, params: torch.Tensor) -> None:
         with torch.no_grad():
             lin.weight.copy_(block[: lin.weight.shape[0], : lin.weight.shape[1]])
         start += rows * cols
-
-
-class NetworkWithInputEncoding(nn.Module, Updateable):
-    def __init__(self, encoding: nn.Module, network: nn.Module) -> None:
-        super().__init__()
-        self.encoding, self.network = encoding, network
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(self.encoding(x))
-
-
-def create_network_with_input_encoding(n_input_dims: int, n_output_dims: int, encoding_config: Any,
-                                       network_config: Any) -> NetworkWithInputEncoding:
-    encoding = get_encoding(n_input_dims, encoding_config)
-    network = get_mlp(encoding.n_output_dims, n_output_dims, network_config)
-    return NetworkWithInputEncoding(encoding, network)

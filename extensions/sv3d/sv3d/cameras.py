@@ -1,6 +1,6 @@
 """Camera orbits of SV3D and their export as NeRF-style transforms.json in the toolkit's convention.
 
-Convention (toolkit DESIGN §3): z-up world, OpenGL camera axes (x right, y up, looking along -z), camera-to-world
+Convention (the toolkit's docs/architecture.md §3): z-up world, OpenGL camera axes (x right, y up, looking along -z), camera-to-world
 matrices, camera position d * (cos e cos a, cos e sin a, sin e); azimuth 0 looks at the object from +x.
 SV3D orbits: the last frame is the input view, so azimuths are taken relative to the last frame's azimuth.
 """

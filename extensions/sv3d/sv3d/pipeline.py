@@ -8,6 +8,8 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
 from PIL import Image
 
 from .cameras import orbit_azimuths_deg, sv3d_p_camera_ids
@@ -26,7 +28,7 @@ from .sampling import (
 
 
 @dataclass
-class SV3DOutput:
+class SV3DOutput(BaseOutput):
     """frames (T, 3, H, W) in [0, 1]; latents (T, 4, h, w); cameras: per-frame elevation/azimuth in degrees
     (azimuth relative to the input view, which is the last frame) for the SV3D versions."""
 
@@ -37,14 +39,24 @@ class SV3DOutput:
     azimuths_deg: Optional[List[float]] = None
 
 
-class SV3DPipeline:
+class SV3DPipeline(DiffusionPipeline):
     """UNet (SV3DUNet), VAE (AutoencoderKL or AutoencoderKLTemporalDecoder), image encoder
-    (CLIPVisionModelWithProjection) and the sampling recipe of one SV3D/SVD version."""
+    (CLIPVisionModelWithProjection) and the sampling recipe of one SV3D/SVD version.
 
-    def __init__(self, unet, vae, image_encoder, spec: ModelSpec, load_report: Optional[LoadReport] = None):
-        self.unet = unet.eval()
-        self.vae = vae.eval()
-        self.image_encoder = image_encoder.eval()
+    A diffusers `DiffusionPipeline`: `components`, `enable_model_cpu_offload()`, progress bars and
+    `__call__(..., return_dict=False)` behave as in diffusers' own pipelines.
+    """
+
+    model_cpu_offload_seq = "image_encoder->unet->vae"
+
+    # (spec has a default only so that diffusers counts it as an option, not as a model component)
+    def __init__(self, unet, vae, image_encoder, spec: Optional[ModelSpec] = None,
+                 load_report: Optional[LoadReport] = None):
+        if spec is None:
+            raise ValueError("SV3DPipeline needs the version's ModelSpec (use SV3DPipeline.from_single_file)")
+        super().__init__()
+        self.register_modules(unet=unet.eval(), vae=vae.eval(), image_encoder=image_encoder.eval())
+        # the version's recipe (sizes, schedule, guider): plain attributes, not pipeline components
         self.spec = spec
         self.load_report = load_report
 
@@ -83,8 +95,16 @@ class SV3DPipeline:
             pipe.to(device, torch_dtype)
         return pipe
 
-    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "SV3DPipeline":
-        """Move to a device; `dtype` casts the UNet and the image encoder (the VAE stays float32)."""
+    def to(self, *args, **kwargs) -> "SV3DPipeline":
+        """Move to a device; a dtype casts the UNet and the image encoder (the VAE stays float32, as in the
+        original). Accepts diffusers' forms: to(device), to(dtype), to(device, dtype), keywords."""
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        kwargs.pop("silence_dtype_warnings", None)
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            elif arg is not None:
+                device = arg
         kw = {"device": device} if dtype is None else {"device": device, "dtype": dtype}
         self.unet.to(**kw)
         self.image_encoder.to(**kw)
@@ -94,6 +114,10 @@ class SV3DPipeline:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the execution device under model CPU offload, else the UNet's device."""
+        hook = getattr(self.unet, "_hf_hook", None)
+        if getattr(hook, "execution_device", None) is not None:
+            return torch.device(hook.execution_device)
         return next(self.unet.parameters()).device
 
     # ------------------------------------------------------------------ conditioning
@@ -192,9 +216,13 @@ class SV3DPipeline:
         image_size: int = 576,
         preprocess: bool = True,
         callback=None,
-    ) -> SV3DOutput:
+        return_dict: bool = True,
+    ) -> Union[SV3DOutput, tuple]:
         """One image -> one video (SVD) or one 21-view orbit (SV3D: the last frame is the input view; SVD-MV: the
-        first frame is at the input view)."""
+        first frame is at the input view).
+
+        `callback(step, latents, denoised)` runs after every Euler step. return_dict=False returns the tuple
+        (frames, latents) instead of an `SV3DOutput`."""
         spec = self.spec
         sv3d = spec.family != "svd"
         num_frames = spec.num_frames if num_frames is None else int(num_frames)
@@ -241,6 +269,9 @@ class SV3DPipeline:
         if sv3d and spec.family != "svd_mv":  # SV3D orbits end on the input view; SVD-MV keeps its frame 0
             frames[-1:] = x_img.to(frames.dtype)
         frames = ((frames + 1.0) / 2.0).clamp(0.0, 1.0)
+        self.maybe_free_model_hooks()  # after model CPU offload, as diffusers' pipelines do
+        if not return_dict:
+            return frames.cpu(), latents.cpu()
         return SV3DOutput(frames=frames.cpu(), latents=latents.cpu(), input_image=pil, elevations_deg=elevs, azimuths_deg=azs)
 
 
