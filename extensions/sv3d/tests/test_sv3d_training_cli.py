@@ -30,7 +30,7 @@ def test_seed_command_runs_on_the_bundled_dummy_data(tiny_svd_xt, tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_config/cpu.yaml",
            "main.py", "train", "train_config/train_local_svd_mv.yaml",
            f"pretrained={tiny_svd_xt}", f"output_dir={out}", "max_steps=2", "data.resolution=32",
-           "validation.num_steps=2", "validation.num_objects=1", "progress_bar=false"]
+           "validation.num_steps=2", "validation.num_objects=1", "validation.every_n_steps=2", "progress_bar=false"]
     proc = subprocess.run(cmd, cwd=SVD_MV, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "recipe svd_mv, 1 process(es)" in proc.stdout and "2 objects, global batch 2" in proc.stdout
@@ -38,6 +38,7 @@ def test_seed_command_runs_on_the_bundled_dummy_data(tiny_svd_xt, tmp_path):
     assert cfg["data"]["num_frames"] == 7 and cfg["loss"]["weighting"] == "svd_mv_reference" and cfg["loss"]["cfg_mode"] == "batch"
     assert cfg["optim"]["lr_scheduler"] == "constant_with_warmup" and cfg["gradient_checkpointing"] is True
     assert sorted(os.listdir(out / "checkpoints")) == ["step_0000001", "step_0000002"]
+    assert os.listdir(out / "validation") == ["step_0000002"]
     assert sorted(os.listdir(out / "validation" / "step_0000002")) == ["00.mp4", "00_grid.png"]
     assert glob.glob(str(out / "tb_logs" / "*" / "events.out.tfevents.*"))
     assert os.path.isfile(out / "export" / "step_0000002" / "model.safetensors")

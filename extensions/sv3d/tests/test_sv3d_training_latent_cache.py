@@ -41,6 +41,6 @@ def test_cache_matches_online_encoding(tiny_svd_xt, dummy_orbits, tmp_path, caps
     runs = []
     for extra in ([], [f"data.latent_cache={cache}"]):
         AcceleratorState._reset_state(True)
-        runs.append(train(load_config(None, args + extra + [f"output_dir={tmp_path / str(len(runs))}", "max_steps=2", "batch_size=2",
+        runs.append(train(load_config(None, args + extra + [f"output_dir={tmp_path / str(len(runs))}", "max_steps=1", "batch_size=2",
                                                              "gradient_checkpointing=false", "progress_bar=false", "tensorboard=false"])))
     assert runs[1].losses == pytest.approx(runs[0].losses, rel=1e-4)

@@ -84,17 +84,18 @@ def test_short_run_overfits_one_object_and_exports(tiny_svd_xt, dummy_orbits, tm
 
 @pytest.mark.slow
 def test_stopped_and_resumed_run_equals_uninterrupted(tiny_svd_xt, dummy_orbits, tmp_path):
-    common = {"checkpoint_every_n_steps": 2, "loss.cfg_mode": "sample", "loss.cfg_rate": 0.5, "ema.enabled": True, "ema.decay": 0.9}
-    full = _run(_args(tiny_svd_xt, dummy_orbits, str(tmp_path / "a"), max_steps=4, **common))
+    common = {"checkpoint_every_n_steps": 2, "loss.cfg_mode": "sample", "loss.cfg_rate": 0.5, "ema.enabled": True, "ema.decay": 0.9,
+              "optim.warmup_steps": 0}
+    full = _run(_args(tiny_svd_xt, dummy_orbits, str(tmp_path / "a"), max_steps=3, **common))
     _run(_args(tiny_svd_xt, dummy_orbits, str(tmp_path / "b"), max_steps=2, **common))
     with pytest.raises(FileExistsError, match="resume=latest"):
-        _run(_args(tiny_svd_xt, dummy_orbits, str(tmp_path / "b"), max_steps=4, **common))
-    resumed = _run(_args(tiny_svd_xt, dummy_orbits, str(tmp_path / "b"), max_steps=4, resume="latest", **common))
+        _run(_args(tiny_svd_xt, dummy_orbits, str(tmp_path / "b"), max_steps=3, **common))
+    resumed = _run(_args(tiny_svd_xt, dummy_orbits, str(tmp_path / "b"), max_steps=3, resume="latest", **common))
     assert resumed.losses == full.losses[2:]
     a, b = load_file(full.export["single_file"]), load_file(resumed.export["single_file"])
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)  # EMA weights, bit for bit
-    ra = load_file(str(tmp_path / "a" / "checkpoints" / "step_0000004" / "model.safetensors"))
-    rb = load_file(str(tmp_path / "b" / "checkpoints" / "step_0000004" / "model.safetensors"))
+    ra = load_file(str(tmp_path / "a" / "checkpoints" / "step_0000003" / "model.safetensors"))
+    rb = load_file(str(tmp_path / "b" / "checkpoints" / "step_0000003" / "model.safetensors"))
     assert all(torch.equal(ra[k], rb[k]) for k in ra)  # raw weights too
 
 
