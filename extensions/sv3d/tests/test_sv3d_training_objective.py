@@ -71,6 +71,12 @@ def test_cfg_dropout_zeroes_exactly_concat_and_context():
         assert torch.equal(x2[i], context[i] if k else torch.zeros_like(context[i]))
     with pytest.raises(ValueError, match="4 coins"):
         cfg_keep_mask(4, 0.2, "sample", torch.tensor([0.5]))
+    # independent (Hi3D): the CLIP embedding and the latents of a clip are dropped by their own coins
+    keep_ctx = cfg_keep_mask(4, 0.2, "independent", torch.tensor([0.1, 0.9, 0.9, 0.1]))
+    keep_cat = cfg_keep_mask(4, 0.2, "independent", torch.tensor([0.9, 0.1, 0.9, 0.1]))
+    c3, x3 = apply_cfg_dropout(concat, context, keep_cat, keep_context=keep_ctx)
+    assert [bool(c3[i].any()) for i in range(4)] == [True, False, True, False]
+    assert [bool(x3[i].any()) for i in range(4)] == [False, True, True, False]
 
 
 def test_svd_mv_conditioning_noise_aug_in_pixel_space(tiny_svd_xt):

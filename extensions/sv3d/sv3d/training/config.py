@@ -53,7 +53,7 @@ class LossConfig:
     noise_aug_mean: float = -3.0  # noise-aug strength = exp(N(mean, std^2)) per clip, added in pixel space
     noise_aug_std: float = 0.5
     cfg_rate: Optional[float] = None  # probability of dropping the image conditioning
-    cfg_mode: Optional[str] = None  # batch (one coin per batch, the reference) | sample
+    cfg_mode: Optional[str] = None  # batch (one coin per batch, the reference) | sample | independent (CLIP and latents apart)
 
 
 @dataclass

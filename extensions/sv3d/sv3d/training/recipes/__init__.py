@@ -24,6 +24,11 @@ The interface (override what differs from the defaults):
   unscaled mode latent of the pixel-noise-augmented condition view repeated over frames. Override it to add
   channels (e.g. depth) to `concat`.
 - `cfg_dropped` (tuple): which of ("concat", "context") CFG dropout zeroes (added ids are never dropped).
+- `setup(cfg, device, dtype)`: called once after the models are built (load frozen extras, e.g. a depth or an
+  aesthetic-score model, kept on the recipe object).
+- `export_sgm_config(source_version, source_config) -> DictConfig`: the sgm YAML describing the exported single
+  file (default: `export_version`'s shipped YAML with the source's first stage; override for versions that
+  `sv3d.config` does not ship).
 """
 
 from __future__ import annotations
@@ -81,6 +86,14 @@ class Recipe:
         if source_version == self.export_version:
             return source_unet
         raise NotImplementedError(f"recipe {self.name!r} has no surgery from {source_version}")
+
+    def setup(self, cfg, device, dtype) -> None:
+        """Hook for recipes that need frozen models of their own; the default needs none."""
+
+    def export_sgm_config(self, source_version: str, source_config=None):
+        from ..export import export_config
+
+        return export_config(self.export_version, source_version, source_config)
 
     # ---------------------------------------------------------------- conditioning
     def order_frames(self, x: torch.Tensor) -> torch.Tensor:
