@@ -110,6 +110,12 @@ def train(cfg: TrainConfig, accelerator=None) -> TrainResult:
             project_config=ProjectConfiguration(project_dir=out, logging_dir=os.path.join(out, "tb_logs")),
         )
     ds_plugin = accelerator.state.deepspeed_plugin
+    zero3 = ds_plugin is not None and int(ds_plugin.zero_stage) == 3
+    if zero3 and (cfg.ema.enabled or cfg.lora.enabled):
+        raise ValueError("ema.enabled and lora.enabled need the full parameters on every rank: use ZeRO-2 (or DDP), not ZeRO-3")
+    if zero3 and val_dataset is not None:
+        accelerator.print("validation orbits are skipped under ZeRO-3 (parameters are sharded); sample the exports instead")
+        val_dataset = None
     if ds_plugin is not None:
         ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
         ds_plugin.deepspeed_config["gradient_clipping"] = cfg.optim.max_grad_norm or 0.0
