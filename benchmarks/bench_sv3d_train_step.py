@@ -253,7 +253,7 @@ def main() -> None:
     cfg = unet_config(args.size, args.version)
     print(f"{args.size} {args.version} UNet (channels {cfg['block_out_channels']}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads")
-    print("| device | precision | checkpointing | frames | latent | s/step (median) | peak memory GB |")
+    print("| device | precision | checkpointing | frames | latent | s/step (median) | memory GB (GPU: peak allocated) |")
     print("|---|---|---|---|---|---|---|")
     for dev, prec, mode, f, hw, sec, peak in rows:
         print(f"| {dev} | {prec} | {mode} | {f} | {hw}x{hw} | {sec:.3f} | {peak} |")
