@@ -24,7 +24,7 @@ from threestudio.data.multiview_sources import (
     load_transforms,
     transforms_files,
 )
-from threestudio.utils.config import ConfigError
+from threestudio.utils.config import ConfigError, require_positive
 from threestudio.utils.misc import step_seed
 from threestudio.utils.ops import get_ray_directions, get_rays
 
@@ -171,6 +171,13 @@ class MultiviewImageDataModule(CameraDataModule):
             raise ConfigError(f"{config_path}.convention must be auto, transforms or orbit, got '{c.convention}'.")
         if (c.height is None) != (c.width is None):
             raise ConfigError(f"{config_path}.height and width must be given together.")
+        for key in ("height", "width", "eval_height", "eval_width"):
+            if getattr(c, key) is not None:
+                require_positive(getattr(c, key), f"{config_path}.{key}")
+        for key in ("batch_size", "n_test_views"):
+            require_positive(getattr(c, key), f"{config_path}.{key}")
+        require_positive(c.n_val_views, f"{config_path}.n_val_views", allow_zero=True)
+        require_positive(c.holdout_every, f"{config_path}.holdout_every", allow_zero=True)
         self.train_views, self.val_views, self.test_views = self._load()
 
     # ------------------------------------------------------------------------ loading
