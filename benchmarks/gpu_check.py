@@ -232,7 +232,8 @@ def _command_check(name: str, argv: list[str], lines: int = 3) -> Callable[[], l
     """A check that runs a benchmark script and keeps the last lines of its table."""
 
     def run() -> list[Row]:
-        result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True)
+        command = ["bash", *argv] if argv[0].endswith(".sh") else [sys.executable, *argv]
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         out = [line for line in result.stdout.strip().splitlines() if line.strip()]
         if result.returncode != 0:
             tail = (result.stderr.strip().splitlines() or ["?"])[-1]
@@ -255,7 +256,10 @@ CHECKS: dict[str, tuple[Callable[[], list[Row]], int]] = {
                                              "--render-size", "128", "--steps", "2"], lines=1), 120),
     "sv3d-azimuth": (check_sv3d_azimuth, 60),
 }
-EXTRA_CHECKS: dict[str, tuple[list[str], int]] = {}  # name -> (argv of a benchmark script, time limit)
+# name -> (argv of a benchmark script, .py or .sh, time limit)
+EXTRA_CHECKS: dict[str, tuple[list[str], int]] = {
+    "sv3d-training": (["benchmarks/gpu_check_sv3d_training.sh"], 120),  # bf16, DeepSpeed ZeRO-2/3, 576² steps
+}
 
 
 # ----------------------------------------------------------------------------------------------------- runner
