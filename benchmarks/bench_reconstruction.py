@@ -39,9 +39,9 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_job(dataroot: str, out_root: str, tag: str, extra: list[str]) -> tuple[str, float, float]:
+def run_job(dataroot: str, out_root: str, tag: str, extra: list[str], config: str = CONFIG) -> tuple[str, float, float]:
     """launch.py --train on `dataroot`; returns (trial folder, wall seconds, CPU seconds)."""
-    cmd = [sys.executable, os.path.join(REPO, "launch.py"), "--config", CONFIG, "--train",
+    cmd = [sys.executable, os.path.join(REPO, "launch.py"), "--config", config, "--train",
            f"data.dataroot={dataroot}", f"exp_root_dir={out_root}", f"tag={tag}", "use_timestamp=false",
            "trainer.enable_progress_bar=false"] + extra
     cpu0, wall0 = children_cpu_seconds(), time.perf_counter()
@@ -52,7 +52,10 @@ def run_job(dataroot: str, out_root: str, tag: str, extra: list[str]) -> tuple[s
     wall, cpu = time.perf_counter() - wall0, children_cpu_seconds() - cpu0
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {result.returncode}); see {log_path}")
-    return os.path.join(out_root, "reconstruction-example", tag), wall, cpu
+    from omegaconf import OmegaConf
+
+    name = OmegaConf.load(config).get("name", "reconstruction-example")
+    return os.path.join(out_root, name, tag), wall, cpu
 
 
 def logged(trial: str, key: str) -> tuple[float, int]:

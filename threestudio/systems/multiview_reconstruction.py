@@ -118,6 +118,12 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.render(batch)
+        losses = self.training_losses(out, batch)
+        self.log("train/psnr", psnr(out["comp_rgb"].detach(), batch["rgb"]), prog_bar=True)
+        return self.combine_losses(losses)
+
+    def training_losses(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
+        """The unweighted loss terms of one training batch and its render."""
         target, mask = batch["rgb"], batch["mask"]
         opacity = out["opacity"].clamp(1e-5, 1.0 - 1e-5)
         pred = out["comp_rgb_fg"] if self.cfg.rgb_loss_masked else out["comp_rgb"]
@@ -134,8 +140,7 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
             n_rays = out["opacity"].numel()
             losses["distortion"] = distortion_loss(out["weights"], out["t_points"], out["t_intervals"],
                                                    out["ray_indices"], n_rays)
-        self.log("train/psnr", psnr(out["comp_rgb"].detach(), target), prog_bar=True)
-        return self.combine_losses(losses)
+        return losses
 
     # ---------------------------------------------------------------------------- evaluation
     def _eval_panels(self, out: dict[str, Tensor], batch: dict[str, Any], names: list) -> list[dict]:
