@@ -72,15 +72,14 @@ def logged(trial: str, key: str) -> tuple[float, int]:
 
 
 def evaluate(trial: str, scene_path: str) -> tuple[float, float, float, int]:
-    import trimesh
-
     from procedural_scene import Scene
+    from threestudio.models.exporters.mesh_io import load_world_mesh
     from reconstruction_metrics import evaluate_mesh
 
     exports = sorted(glob.glob(os.path.join(trial, "save", "it*-export", "model.obj")), key=os.path.getmtime)
     if not exports:
         raise RuntimeError(f"No exported mesh in {trial}/save/")
-    mesh = trimesh.load(exports[-1], process=False)
+    mesh = load_world_mesh(exports[-1])  # files are y-up by default; the scene is in the z-up world
     with open(scene_path) as fp:
         scene = Scene.from_json(fp.read())
     quality = evaluate_mesh(mesh, scene)

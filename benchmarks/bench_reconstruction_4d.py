@@ -51,10 +51,10 @@ def dataset_for(name: str, out_root: str) -> str:
 
 def evaluate_frames(trial: str, scene_path: str) -> list[tuple[int, float, float, float]]:
     """(frame id, time, Chamfer-L1, colour error) of every exported frame."""
-    import trimesh
-
     from procedural_motion import MovingScene
     from reconstruction_metrics import evaluate_mesh
+
+    from threestudio.models.exporters.mesh_io import load_world_mesh
 
     manifests = sorted(glob.glob(os.path.join(trial, "save", "it*-export", "manifest.json")), key=os.path.getmtime)
     if not manifests:
@@ -65,7 +65,8 @@ def evaluate_frames(trial: str, scene_path: str) -> list[tuple[int, float, float
         scene = MovingScene.from_json(fp.read())
     rows = []
     for entry in manifest["frames"]:
-        mesh = trimesh.load(os.path.join(os.path.dirname(manifests[-1]), entry["folder"], "model.obj"), process=False)
+        # files are y-up by default; the scene is in the z-up world
+        mesh = load_world_mesh(os.path.join(os.path.dirname(manifests[-1]), entry["folder"], "model.obj"))
         quality = evaluate_mesh(mesh, scene.at(entry["time"]), n_points=30_000)
         rows.append((entry["frame_id"], entry["time"], quality.chamfer_l1, quality.color_error))
     return rows

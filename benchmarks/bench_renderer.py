@@ -62,7 +62,7 @@ def build(scene: str, material: str):
     modules.train()
     for step in range(0, 272, 16):  # warm the occupancy grid (warm-up phase visits every cell)
         for m in modules:
-            m.update_step(0, step)
+            m.do_update_step(0, step)
     return modules, renderer
 
 

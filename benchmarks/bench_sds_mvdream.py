@@ -85,7 +85,7 @@ def run_phase(phase: str, steps: int, warmup: int, device_name: str, checkpointi
     optimizer = parse_optimizer(cfg.system["optimizer"], system)
     dataset = RandomMultiviewCameraDataModule(cfg.data)._make_train_dataset()
     system.train()
-    system.renderer.update_step(0, 0)  # warm-up occupancy update: the grid starts from the initial blob
+    system.renderer.do_update_step(0, 0)  # warm-up occupancy update: the grid starts from the initial blob
 
     times, split = [], {"render": [], "guidance": [], "backward+step": []}
     if device.type == "cuda":
@@ -95,8 +95,8 @@ def run_phase(phase: str, steps: int, warmup: int, device_name: str, checkpointi
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in dataset.batch_at(step).items()}
         _sync(device)
         t0 = time.perf_counter()
-        system.update_step(0, step)
-        guidance.update_step(0, step)
+        system.do_update_step(0, step)
+        guidance.do_update_step(0, step)
         out = system(batch)
         _sync(device)
         t1 = time.perf_counter()

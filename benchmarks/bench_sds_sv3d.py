@@ -184,7 +184,7 @@ def run_steps(args: argparse.Namespace) -> list[dict]:
         batch = dm.train_dataset.batch_at(step)
         batch = {k: (v.to(pipe.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         batch["orbit"] = {k: (v.to(pipe.device) if torch.is_tensor(v) else v) for k, v in batch["orbit"].items()}
-        system.update_step(0, step)
+        system.do_update_step(0, step)
         torch.manual_seed(step)
         if cuda:
             torch.cuda.reset_peak_memory_stats()

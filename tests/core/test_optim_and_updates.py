@@ -86,10 +86,10 @@ class Counter(BaseModule):
         self.seen = []
         self.ended = []
 
-    def do_update_step(self, epoch, global_step, on_load_weights=False):
+    def update_step(self, epoch, global_step, on_load_weights=False):
         self.seen.append(global_step)
 
-    def do_update_step_end(self, epoch, global_step):
+    def update_step_end(self, epoch, global_step):
         self.ended.append(global_step)
 
 
@@ -97,7 +97,7 @@ class PlainObject(Updateable):
     def __init__(self):
         self.seen = []
 
-    def do_update_step(self, epoch, global_step, on_load_weights=False):
+    def update_step(self, epoch, global_step, on_load_weights=False):
         self.seen.append(global_step)
 
 
@@ -114,8 +114,30 @@ class Parent(BaseModule):
 
 def test_update_step_reaches_nested_and_declared_children_once():
     parent = Parent()
-    parent.update_step(0, 7)
-    parent.update_step_end(0, 7)
+    parent.do_update_step(0, 7)
+    parent.do_update_step_end(0, 7)
     assert parent.inner.seen == [7] and parent.inner.ended == [7]
     assert parent.group[1].seen == [7]
     assert parent.processor.seen == [7]
+
+
+class PortedFromThreestudio(BaseModule):
+    """A module written for threestudio: it overrides the `update_step` hook and owns a child."""
+
+    def configure(self):
+        self.child = Counter()
+        self.order = []
+
+    def update_step(self, epoch, global_step, on_load_weights=False):
+        # threestudio's contract: the children are already at this step when the hook runs
+        self.order.append((global_step, list(self.child.seen)))
+
+
+def test_overriding_the_hook_keeps_the_children_scheduled_as_in_threestudio():
+    module = PortedFromThreestudio()
+    module.do_update_step(0, 3)
+    module.do_update_step(0, 4)
+    module.do_update_step_end(0, 4)
+    assert module.child.seen == [3, 4]
+    assert module.child.ended == [4]
+    assert module.order == [(3, [3]), (4, [3, 4])]  # children first, then the module's own hook

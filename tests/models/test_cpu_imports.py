@@ -24,7 +24,7 @@ def test_no_cuda_packages_imported_on_cpu(tmp_path):
         bg = build_module("neural-environment-map-background", {}, "b")
         r = build_module("nerf-volume-renderer", {"num_samples_per_ray": 32}, "r", geometry=geo, material=mat,
                          background=bg)
-        r.train(); r.update_step(0, 0)
+        r.train(); r.do_update_step(0, 0)
         rays_o = torch.tensor([-3.0, 0.0, 0.0]).expand(1, 2, 2, 3).contiguous()
         rays_d = torch.tensor([1.0, 0.0, 0.0]).expand(1, 2, 2, 3).contiguous()
         r(rays_o, rays_d, torch.zeros(1, 3))["comp_rgb"].sum().backward()

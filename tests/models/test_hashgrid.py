@@ -183,9 +183,9 @@ def test_progressive_band_masks_levels():
         enc.encoding.params.fill_(1.0)
     x = torch.rand(4, 3)
     assert torch.count_nonzero(enc(x)[0]) == 2 * 2
-    enc.update_step(0, 21)  # 2 + (21 - 10) // 5 = 4 levels
+    enc.do_update_step(0, 21)  # 2 + (21 - 10) // 5 = 4 levels
     assert torch.count_nonzero(enc(x)[0]) == 4 * 2
-    enc.update_step(0, 10_000)
+    enc.do_update_step(0, 10_000)
     assert torch.count_nonzero(enc(x)[0]) == 6 * 2
     with pytest.raises(ValueError, match="start_level"):
         HashGridEncoding(3, {**small_config(otype="ProgressiveBandHashGrid"), "backend": "torch"})

@@ -62,9 +62,9 @@ def test_diffuse_ambient_only_steps_and_random_shading():
     feats, pos, n, lights = _diffuse_inputs()
     call = dict(features=feats, positions=pos, shading_normal=n, light_positions=lights)
     mat.train()
-    mat.update_step(0, 50)
+    mat.do_update_step(0, 50)
     assert torch.allclose(mat(**call), torch.sigmoid(feats))  # ambient only: albedo
-    mat.update_step(0, 100)
+    mat.do_update_step(0, 100)
     assert torch.allclose(mat(**call), mat(**call, shading="diffuse"))
     mat.eval()
     assert torch.allclose(mat(**call), mat(**call, shading="diffuse"))
@@ -72,7 +72,7 @@ def test_diffuse_ambient_only_steps_and_random_shading():
     tl = build_module("diffuse-with-point-light-material",
                       {"ambient_only_steps": 0, "diffuse_prob": 1.0, "textureless_prob": 1.0}, "system.material")
     tl.train()
-    tl.update_step(0, 10)
+    tl.do_update_step(0, 10)
     assert torch.allclose(tl(**call), tl(**call, shading="textureless"))
     # soft shading draws a random ambient/diffuse split per call
     soft = build_module("diffuse-with-point-light-material",

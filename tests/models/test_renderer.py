@@ -87,7 +87,7 @@ def test_constant_density_ball_matches_closed_form(grid_prune):
     if grid_prune:
         renderer.train()
         for step in range(0, 272, 16):
-            renderer.update_step(0, step)
+            renderer.do_update_step(0, step)
     renderer.eval()
     b = torch.linspace(0.0, 0.45, 10)
     offsets = torch.stack([b * math.cos(0.3), b * math.sin(0.3)], dim=-1)
@@ -127,7 +127,7 @@ def test_occupancy_skipping_keeps_the_image_and_skips_samples():
     pruned = make_renderer(geo, grid_prune=True)
     pruned.train()
     for step in range(0, 272, 16):
-        pruned.update_step(0, step)
+        pruned.do_update_step(0, step)
     occupied = pruned.estimator.binaries.float().mean().item()
     assert 0.0 < occupied < 0.05
     pruned.eval()
@@ -232,8 +232,8 @@ def test_training_outputs_and_gradients_with_implicit_volume():
     rays_o, rays_d, lights = orbit_rays(n_views=2, size=12)
     renderer.train()
     for step in range(0, 64, 16):
-        renderer.update_step(0, step)
-        renderer.sub_modules.material.update_step(0, 5000)
+        renderer.do_update_step(0, step)
+        renderer.sub_modules.material.do_update_step(0, 5000)
     out = renderer(rays_o, rays_d, lights, shading="diffuse")
     n = out["weights"].shape[0]
     assert n > 0
@@ -279,7 +279,7 @@ def test_empty_scene_renders_background_and_backpropagates():
         "system.geometry")
     renderer = make_renderer(geo)
     renderer.train()
-    renderer.update_step(0, 0)
+    renderer.do_update_step(0, 0)
     assert not renderer.estimator.binaries.any()
     rays_o, rays_d, lights = orbit_rays(n_views=1, size=6)
     out = renderer(rays_o, rays_d, lights)

@@ -99,6 +99,7 @@ def test_tiny_4d_run_video_meshes_resume_and_export(tmp_path):
     export = os.path.join(save, f"it{steps}-export")
     manifest = json.load(open(os.path.join(export, "manifest.json")))
     assert [(f["frame_id"], f["time"]) for f in manifest["frames"]] == [(0, 0.0), (1, 0.5), (2, 1.0)]
+    assert manifest["up_axis"] == "y" and manifest["radius"] == 0.75
     for entry in manifest["frames"]:
         for name in ("model.obj", "model.mtl", "texture_kd.png", "model.glb"):
             assert os.path.isfile(os.path.join(export, entry["folder"], name)), (entry["folder"], name)

@@ -9,7 +9,7 @@ import torch
 import trimesh
 
 from threestudio.models.exporters.isosurface import ExportError, fill_cavities, marching_cubes, otsu_threshold
-from threestudio.models.exporters.mesh_io import Z_UP_TO_Y_UP
+from threestudio.models.exporters.mesh_io import Z_UP_TO_Y_UP, file_up_axis, load_world_mesh
 from threestudio.models.exporters.texture_baking import fill_empty_texels, rasterize_uv_numpy, sample_texture
 from threestudio.utils.base import build_module
 
@@ -36,7 +36,7 @@ def exported(tmp_path_factory) -> str:
 
 
 def test_sphere_isosurface_is_watertight_with_subvoxel_radius_error(exported):
-    mesh = trimesh.load(os.path.join(exported, "model.obj"), process=False)
+    mesh = load_world_mesh(os.path.join(exported, "model.obj"))
     mesh.merge_vertices(merge_tex=True, merge_norm=True)  # join the copies made along UV seams
     assert mesh.is_watertight and mesh.volume > 0  # closed, outward-facing
     expected = SphereField().iso_radius(25.0)
@@ -46,7 +46,7 @@ def test_sphere_isosurface_is_watertight_with_subvoxel_radius_error(exported):
 
 
 def test_baked_texture_reproduces_the_colour_field(exported):
-    mesh = trimesh.load(os.path.join(exported, "model.obj"), process=False)
+    mesh = load_world_mesh(os.path.join(exported, "model.obj"))
     texture = np.asarray(mesh.visual.material.image.convert("RGB"), dtype=np.float64) / 255.0
     points, faces = trimesh.sample.sample_surface(mesh, 5000, seed=0)
     bary = trimesh.triangles.points_to_barycentric(mesh.triangles[faces], points)
@@ -61,9 +61,11 @@ def test_glb_round_trips_through_trimesh(exported):
     obj = trimesh.load(os.path.join(exported, "model.obj"), process=False)
     glb = trimesh.load(os.path.join(exported, "model.glb"), force="mesh", process=False)
     assert len(glb.faces) == len(obj.faces)
-    # written y-up; rotate back into the z-up world
+    # OBJ and GLB share one up axis (y by default), so their raw coordinates agree
+    assert file_up_axis(os.path.join(exported, "model.obj")) == file_up_axis(os.path.join(exported, "model.glb")) == "y"
+    np.testing.assert_allclose(glb.vertices, obj.vertices, atol=1e-5)
+    # written y-up; rotate back into the z-up world: the sphere's colour field is in world coordinates
     back = trimesh.transform_points(glb.vertices, np.linalg.inv(Z_UP_TO_Y_UP))
-    np.testing.assert_allclose(back, obj.vertices, atol=1e-5)
     texture = np.asarray(glb.visual.material.baseColorTexture.convert("RGB"), dtype=np.float64) / 255.0
     colors = sample_texture(texture, np.asarray(glb.visual.uv))
     truth = SphereField.color(torch.as_tensor(back)).numpy()

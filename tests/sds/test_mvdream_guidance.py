@@ -13,6 +13,7 @@ from threestudio.models.prompt_processors.base import PromptProcessorOutput
 from threestudio.models.prompt_processors.mvdream_prompt_processor import MVDreamPromptProcessor
 from threestudio.systems import mvdream_system
 from threestudio.utils.config import ConfigError, load_config
+from threestudio.utils.losses import orient_loss
 from threestudio.utils.ops import orbit_c2w
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,12 +43,12 @@ def options(guidance, **values):
     try:
         for k, v in values.items():
             setattr(guidance.cfg, k, v)
-        guidance.update_step(0, 0)
+        guidance.do_update_step(0, 0)
         yield guidance
     finally:
         for k, v in old.items():
             setattr(guidance.cfg, k, v)
-        guidance.update_step(0, 0)
+        guidance.do_update_step(0, 0)
 
 
 def two_objects(height=12, seed=0):
@@ -157,7 +158,7 @@ def test_classic_sds_loss_and_gradient_match_the_formula(guidance):
 
     # a (schedulable) clip bounds every element of the update
     with options(guidance, recon_loss=False, grad_clip=[0, 0.001, 0.01, 10]):
-        guidance.update_step(0, 5)
+        guidance.do_update_step(0, 5)
         assert guidance.grad_clip_val == pytest.approx(0.0055)
         out = guidance(rgb, utils, c2w, timestep=t, noise=noise)
     clipped = (weights["sds"] * (eps_neg + 50 * (eps_text - eps_neg) - noise)).clamp(-0.0055, 0.0055)
@@ -167,9 +168,9 @@ def test_classic_sds_loss_and_gradient_match_the_formula(guidance):
 def test_timestep_schedule_and_sampling(guidance):
     expected = {0: (980, 980), 4000: (500, 740), 8000: (20, 500), 12000: (20, 500)}
     for step, (lo, hi) in expected.items():
-        guidance.update_step(0, step)
+        guidance.do_update_step(0, step)
         assert abs(guidance.min_step - lo) <= 1 and abs(guidance.max_step - hi) <= 1, step
-    guidance.update_step(0, 8000)
+    guidance.do_update_step(0, 8000)
     torch.manual_seed(0)
     draws = [guidance.sample_timestep() for _ in range(2000)]
     assert min(draws) == guidance.min_step and max(draws) == guidance.max_step
@@ -182,7 +183,7 @@ def test_timestep_schedule_and_sampling(guidance):
         results.append(guidance(rgb[:4], utils, c2w[:4]))
     assert results[0]["timestep"] == results[1]["timestep"]
     assert torch.equal(results[0]["loss_sds"], results[1]["loss_sds"])
-    guidance.update_step(0, 0)
+    guidance.do_update_step(0, 0)
     with pytest.raises(ValueError, match="min_step_percent <= max_step_percent"):
         with options(guidance, min_step_percent=0.6, max_step_percent=0.5):
             pass
@@ -275,28 +276,6 @@ def test_prompt_processor_config_errors(mvdream_tiny_ckpt, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- system
-def test_regularisers_match_their_formulas():
-    gen = torch.Generator().manual_seed(0)
-    opacity = torch.rand(2, 3, 3, 1, generator=gen)
-    opacity[0, 0, 0] = 0.0
-    normal = torch.nn.functional.normalize(torch.randn(10, 3, generator=gen), dim=-1)
-    dirs = torch.nn.functional.normalize(torch.randn(10, 3, generator=gen), dim=-1)
-    weights = torch.rand(10, 1, generator=gen)
-    z_var = torch.rand(2, 3, 3, 1, generator=gen)
-    out = {"opacity": opacity, "normal": normal, "t_dirs": dirs, "weights": weights, "z_variance": z_var}
-
-    facing = torch.clamp((normal * dirs).sum(-1), min=0)
-    expected_orient = (weights[:, 0] * facing ** 2).sum() / 17
-    torch.testing.assert_close(mvdream_system.orient_loss(out), expected_orient)
-    torch.testing.assert_close(mvdream_system.sparsity_loss(out), torch.sqrt(opacity ** 2 + 0.01).mean())
-    p = opacity.clamp(1e-3, 1 - 1e-3)
-    torch.testing.assert_close(mvdream_system.opaque_loss(out), -(p * p.log() + (1 - p) * (1 - p).log()).mean())
-    torch.testing.assert_close(mvdream_system.z_variance_loss(out), z_var[opacity > 0.5].mean())
-    assert mvdream_system.z_variance_loss({"opacity": opacity * 0, "z_variance": z_var}).item() == 0.0
-    with pytest.raises(ConfigError, match="normal_type"):
-        mvdream_system.orient_loss({"opacity": opacity})
-
-
 TINY = [
     "system.geometry.pos_encoding_config.n_levels=4",
     "system.geometry.pos_encoding_config.log2_hashmap_size=12",
@@ -324,11 +303,11 @@ def test_sds_gradients_reach_the_geometry(mvdream_tiny_ckpt, tmp_path):
     batch = RandomMultiviewCameraDataModule(cfg.data)._make_train_dataset().batch_at(0)
     assert batch["rays_o"].shape == (8, 12, 12, 3)
     system.train()
-    system.update_step(0, 0)  # fills the occupancy grid, as at the start of every training step
+    system.do_update_step(0, 0)  # fills the occupancy grid, as at the start of every training step
     torch.manual_seed(0)
     out = system(batch)
     loss = system.guidance(out["comp_rgb"], system.prompt_utils, **batch)["loss_sds"]
-    loss = loss + mvdream_system.orient_loss(out)
+    loss = loss + orient_loss(out["weights"], out["normal"], out["t_dirs"], out["opacity"])
     loss.backward()
     for name in ("geometry.encoding", "geometry.density_network", "geometry.feature_network", "background"):
         grads = [p.grad for p in system.get_submodule(name).parameters()]

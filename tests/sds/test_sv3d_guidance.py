@@ -186,7 +186,7 @@ def test_weightings_and_sigma_schedule(assets, guidance_u):
     rgb = renders(10)
     ratio = g(rgb, sigma=sigma, noise=eps)["loss_sds"] / u(rgb, sigma=sigma, noise=eps)["loss_sds"]
     assert ratio.item() == pytest.approx(1 / sigma, rel=1e-5)
-    g.update_step(0, 50)
+    g.do_update_step(0, 50)
     assert (g.sigma_min, g.sigma_max) == (0.5, pytest.approx(5.0))
     torch.manual_seed(0)
     draws = [g.sample_sigma() for _ in range(200)]
@@ -195,7 +195,7 @@ def test_weightings_and_sigma_schedule(assets, guidance_u):
     assert 0.35 < np.mean(np.array(draws) < math.sqrt(0.5 * 5.0)) < 0.65
     bad = make_guidance(assets, "sv3d_u", guidance_u.pipe, sigma_min=3.0, sigma_max=[0, 8.0, 2.0, 100])
     with pytest.raises(ConfigError, match="sigma_min"):
-        bad.update_step(0, 100)
+        bad.do_update_step(0, 100)
 
 
 def test_guidance_keeps_no_weights_in_its_state(guidance_u):

@@ -58,7 +58,7 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
     def load_weights(self, path: str, ignore_modules: Optional[list] = None) -> None:
         state_dict, epoch, global_step = load_module_weights(path, ignore_modules=ignore_modules)
         self.load_state_dict(state_dict, strict=False)
-        self.update_step(epoch, global_step, on_load_weights=True)
+        self.do_update_step(epoch, global_step, on_load_weights=True)
 
     # ------------------------------------------------------------------ losses
     def loss_weight(self, name: str) -> float:
@@ -99,22 +99,22 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.seed_step("train")
-        self.update_step(self.true_current_epoch, self.true_global_step)
+        self.do_update_step(self.true_current_epoch, self.true_global_step)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.update_step_end(self.true_current_epoch, self.true_global_step)
+        self.do_update_step_end(self.true_current_epoch, self.true_global_step)
 
     def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.seed_step(f"val{batch_idx}")
-        self.update_step(self.true_current_epoch, self.true_global_step)
+        self.do_update_step(self.true_current_epoch, self.true_global_step)
 
     def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.seed_step(f"test{batch_idx}")
-        self.update_step(self.true_current_epoch, self.true_global_step)
+        self.do_update_step(self.true_current_epoch, self.true_global_step)
 
     def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.seed_step(f"predict{batch_idx}")
-        self.update_step(self.true_current_epoch, self.true_global_step)
+        self.do_update_step(self.true_current_epoch, self.true_global_step)
 
     def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.cfg.cleanup_after_validation_step:
@@ -148,7 +148,7 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
             if self._excluded(key) and key not in state:
                 state[key] = value
         self._loaded_global_step = int(checkpoint.get("global_step", 0))
-        self.update_step(checkpoint.get("epoch", 0), self._loaded_global_step, on_load_weights=True)
+        self.do_update_step(checkpoint.get("epoch", 0), self._loaded_global_step, on_load_weights=True)
 
     # ------------------------------------------------------------------ saving
     def step_prefix(self) -> str:

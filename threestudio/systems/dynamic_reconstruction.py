@@ -16,9 +16,10 @@ import torch
 from torch import Tensor
 
 import threestudio
-from threestudio.systems.multiview_reconstruction import MultiviewReconstructionSystem, psnr
+from threestudio.systems.multiview_reconstruction import MultiviewReconstructionSystem
 from threestudio.utils.base import build_module
 from threestudio.utils.config import ConfigError
+from threestudio.utils.losses import psnr
 from threestudio.utils.saving import to_uint8_image
 
 
@@ -200,8 +201,8 @@ class DynamicReconstructionSystem(MultiviewReconstructionSystem):
             entries.append({"frame": int(item["frame"]), "frame_id": frame_id, "time": t, "folder": name,
                             "files": [os.path.relpath(f, root) for f in files]})
         self.save_json(os.path.join(f"{self.step_prefix()}-export", "manifest.json"), {
-            "world": "z up, OpenGL camera axes; model.glb rotated to glTF y-up" if getattr(exporter.cfg, "glb_y_up", False)
-                     else "z up, OpenGL camera axes",
+            # every frame is written in the same world box, axes and scale (the files' up axis is the exporter's)
+            "up_axis": getattr(exporter.cfg, "up_axis", "z"),
             "radius": exporter.radius() if hasattr(exporter, "radius") else None,
             "step": self.true_global_step, "frames": entries})
         return entries

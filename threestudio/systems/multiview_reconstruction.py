@@ -6,48 +6,18 @@ Stage 2/3 of the image-to-3D pipelines (an SV3D orbit or Hi3D views -> 3D) and t
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 import threestudio
 from threestudio.systems.lift3d import BaseLift3DSystem
 from threestudio.utils.config import ConfigError
+from threestudio.utils.losses import PHOTOMETRIC_LOSSES, mask_bce_loss, photometric_loss, psnr, regularizer_losses
 
-RGB_LOSSES = ("mse", "l1", "smooth_l1")
 RENDER_KEYS = ("rays_o", "rays_d", "light_positions", "bg_color")
-
-
-def psnr(pred: Tensor, target: Tensor) -> float:
-    """Peak signal-to-noise ratio (dB) of images in [0,1]."""
-    mse = F.mse_loss(pred.clamp(0, 1).float(), target.float()).item()
-    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
-
-
-def distortion_loss(weights: Tensor, t_mid: Tensor, t_intervals: Tensor, ray_indices: Tensor, n_rays: int) -> Tensor:
-    """Mip-NeRF 360 distortion loss on packed samples (sorted by ray, then by t), averaged over rays:
-    sum_ij w_i w_j |t_i - t_j| + 1/3 sum_i w_i^2 delta_i, in O(N) with per-ray prefix sums."""
-    w, t, d = weights.reshape(-1), t_mid.reshape(-1), t_intervals.reshape(-1)
-    if w.numel() == 0:
-        return w.sum()
-
-    def exclusive_segment_cumsum(x: Tensor) -> Tensor:
-        inclusive = torch.cumsum(x, 0)
-        exclusive = inclusive - x
-        counts = torch.bincount(ray_indices, minlength=n_rays)
-        starts = torch.cumsum(counts, 0) - counts
-        return exclusive - exclusive[starts.clamp(max=x.numel() - 1)][ray_indices]
-
-    # for sorted t: sum_{i,j} w_i w_j |t_i - t_j| = 2 sum_i w_i (t_i W_<i - (wt)_<i)
-    w_before = exclusive_segment_cumsum(w)
-    wt_before = exclusive_segment_cumsum(w * t)
-    inter = 2.0 * (w * (t * w_before - wt_before)).sum()
-    intra = (w * w * d).sum() / 3.0
-    return (inter + intra) / n_rays
 
 
 @threestudio.register("multiview-reconstruction-system")
@@ -67,8 +37,8 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
 
     def configure(self) -> None:
         super().configure()
-        if self.cfg.rgb_loss not in RGB_LOSSES:
-            raise ConfigError(f"system.rgb_loss must be one of {RGB_LOSSES}, got '{self.cfg.rgb_loss}'.")
+        if self.cfg.rgb_loss not in PHOTOMETRIC_LOSSES:
+            raise ConfigError(f"system.rgb_loss must be one of {PHOTOMETRIC_LOSSES}, got '{self.cfg.rgb_loss}'.")
 
     # ----------------------------------------------------------------------------- rendering
     def render(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -105,17 +75,6 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
         return {k: torch.cat([p[k] for p in parts], dim=1).reshape(1, height, width, -1) for k in keys}
 
     # ------------------------------------------------------------------------------ training
-    def _rgb_loss(self, pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        if self.cfg.rgb_loss == "mse":
-            err = (pred - target) ** 2
-        elif self.cfg.rgb_loss == "l1":
-            err = (pred - target).abs()
-        else:
-            err = F.smooth_l1_loss(pred, target, reduction="none", beta=0.1)
-        if weight is None:
-            return err.mean()
-        return (err * weight).sum() / (weight.sum() * err.shape[-1]).clamp_min(1.0)
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.render(batch)
         losses = self.training_losses(out, batch)
@@ -125,21 +84,14 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
     def training_losses(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         """The unweighted loss terms of one training batch and its render."""
         target, mask = batch["rgb"], batch["mask"]
-        opacity = out["opacity"].clamp(1e-5, 1.0 - 1e-5)
         pred = out["comp_rgb_fg"] if self.cfg.rgb_loss_masked else out["comp_rgb"]
         tgt = target * mask if self.cfg.rgb_loss_masked else target
+        weight = (mask > 0.5).float() if self.cfg.rgb_loss_masked else None
         losses = {
-            "rgb": self._rgb_loss(pred, tgt, (mask > 0.5).float() if self.cfg.rgb_loss_masked else None),
-            "mask": F.binary_cross_entropy(opacity, mask.clamp(0, 1)),
-            "sparsity": (out["opacity"] ** 2 + 0.01).sqrt().mean(),
-            "opaque": (-opacity * torch.log(opacity) - (1 - opacity) * torch.log(1 - opacity)).mean(),
+            "rgb": photometric_loss(pred, tgt, self.cfg.rgb_loss, weight),
+            "mask": mask_bce_loss(out["opacity"], mask),
+            **regularizer_losses(out, lambda name: self.loss_weight(name) != 0),
         }
-        if self.loss_weight("z_variance") > 0:
-            losses["z_variance"] = out["z_variance"].mean()
-        if self.loss_weight("distortion") > 0 and "weights" in out:
-            n_rays = out["opacity"].numel()
-            losses["distortion"] = distortion_loss(out["weights"], out["t_points"], out["t_intervals"],
-                                                   out["ray_indices"], n_rays)
         return losses
 
     # ---------------------------------------------------------------------------- evaluation

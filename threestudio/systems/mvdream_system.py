@@ -6,53 +6,17 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 import threestudio
 from threestudio.systems.lift3d import BaseLift3DSystem
 from threestudio.utils.base import Updateable, build_module
 from threestudio.utils.config import ConfigError, parse_structured
+from threestudio.utils.losses import REGULARIZERS, regularizer_losses
 from threestudio.utils.misc import cleanup
 
-LOSS_TERMS = ("sds", "orient", "sparsity", "opaque", "z_variance")
+LOSS_TERMS = ("sds", *REGULARIZERS)
 
-
-def orient_loss(out: dict[str, Tensor]) -> Tensor:
-    """Penalise normals facing away from the camera, weighted by each sample's (detached) weight.
-
-    sum_i w_i * max(0, n_i . d_i)^2 / #rays that hit something (DreamFusion's orientation loss)."""
-    for key in ("normal", "weights", "t_dirs"):
-        if key not in out:
-            raise ConfigError(
-                f"system.loss.lambda_orient > 0 needs per-sample normals ('{key}' missing from the renderer output): "
-                "set system.geometry.normal_type (e.g. 'analytic') and use a material that needs normals, "
-                "or set lambda_orient to 0."
-            )
-    facing = (out["normal"] * out["t_dirs"]).sum(dim=-1, keepdim=True).clamp_min(0.0)
-    n_hit = (out["opacity"] > 0).sum().clamp_min(1)
-    return (out["weights"].detach() * facing ** 2).sum() / n_hit
-
-
-def sparsity_loss(out: dict[str, Tensor]) -> Tensor:
-    return (out["opacity"] ** 2 + 0.01).sqrt().mean()
-
-
-def opaque_loss(out: dict[str, Tensor]) -> Tensor:
-    """Binary entropy of the opacity: pushes every pixel towards fully empty or fully opaque."""
-    p = out["opacity"].clamp(1e-3, 1.0 - 1e-3)
-    return F.binary_cross_entropy(p, p)
-
-
-def z_variance_loss(out: dict[str, Tensor]) -> Tensor:
-    """HiFA's depth variance along opaque rays: favours one sharp surface per ray (fewer floaters)."""
-    mask = out["opacity"] > 0.5
-    if not mask.any():
-        return out["z_variance"].sum() * 0.0
-    return out["z_variance"][mask].mean()
-
-
-_REGULARISERS = {"orient": orient_loss, "sparsity": sparsity_loss, "opaque": opaque_loss, "z_variance": z_variance_loss}
 
 
 @threestudio.register("mvdream-system")
@@ -107,7 +71,7 @@ class MVDreamSystem(BaseLift3DSystem):
         guidance = build_module(self.cfg.guidance_type, self._guidance_cfg, "system.guidance")
         self.guidance = guidance.to(self.device)
         if self._trainer is not None:
-            self.guidance.update_step(self.true_current_epoch, self.true_global_step)
+            self.guidance.do_update_step(self.true_current_epoch, self.true_global_step)
 
     def release_prior(self) -> None:
         self.guidance = None
@@ -134,7 +98,5 @@ class MVDreamSystem(BaseLift3DSystem):
         for name, value in guidance_out.items():
             if not name.startswith("loss_"):
                 self.log(f"train/{name}", value)
-        for name, fn in _REGULARISERS.items():
-            if self.loss_weight(name) != 0:
-                losses[name] = fn(out)
+        losses.update(regularizer_losses(out, lambda name: self.loss_weight(name) != 0))
         return self.combine_losses(losses)

@@ -23,7 +23,7 @@ import threestudio
 from threestudio.data.multiview_sources import mask_from_background, read_image
 from threestudio.systems.lift3d import BaseLift3DSystem
 from threestudio.utils.base import build_module
-from threestudio.utils.config import ConfigError
+from threestudio.utils.losses import regularizer_losses
 
 # batch entries that describe a camera (what the renderer needs), as opposed to ground truth or nested batches
 CAMERA_KEYS = ("rays_o", "rays_d", "light_positions", "c2w", "camera_positions", "mvp_mtx", "elevation",
@@ -113,37 +113,12 @@ class SV3DSystem(BaseLift3DSystem):
                 losses.update(self._photometric_losses(orbit_out, grad_frames, rgb.shape[0]))
             reg_out = orbit_out
 
-        losses.update(self._regularizers(reg_out))
+        losses.update(regularizer_losses(reg_out, lambda name: self.loss_weight(name) != 0))
         return self.combine_losses(losses)
 
     def _ref_shading(self) -> Optional[str]:
         # only materials with shading choices take the option
         return self.cfg.ref_shading if hasattr(self.material, "_pick_shading") else None
-
-    def _regularizers(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
-        losses: dict[str, Tensor] = {}
-        if self.loss_weight("orient") > 0:
-            if "normal" not in out:
-                raise ConfigError("system.loss.lambda_orient > 0 needs normals: set geometry.normal_type "
-                                  "and use a material that needs normals (or renderer.return_comp_normal).")
-            dot = (out["normal"] * out["t_dirs"]).sum(dim=-1, keepdim=True)
-            losses["orient"] = (out["weights"].detach() * dot.clamp_min(0.0) ** 2).sum() / (out["opacity"] > 0).sum()
-        if self.loss_weight("sparsity") > 0:
-            losses["sparsity"] = (out["opacity"] ** 2 + 0.01).sqrt().mean()
-        if self.loss_weight("opaque") > 0:
-            o = out["opacity"].clamp(1e-3, 1.0 - 1e-3)
-            losses["opaque"] = F.binary_cross_entropy(o, o)
-        if self.loss_weight("normal_smooth") > 0:
-            if "comp_normal" not in out:
-                raise ConfigError("system.loss.lambda_normal_smooth > 0 needs renderer.return_comp_normal: true.")
-            n = out["comp_normal"]
-            losses["normal_smooth"] = ((n[:, 1:] - n[:, :-1]).square().mean()
-                                       + (n[:, :, 1:] - n[:, :, :-1]).square().mean())
-        if self.loss_weight("3d_normal_smooth") > 0:
-            if "normal_perturb" not in out:
-                raise ConfigError("system.loss.lambda_3d_normal_smooth > 0 needs renderer.return_normal_perturb: true.")
-            losses["3d_normal_smooth"] = (out["normal"] - out["normal_perturb"]).abs().mean()
-        return losses
 
     # ------------------------------------------------------------------ SV3D orbit (photometric recipe)
     def _orbit_dir(self) -> str:

@@ -15,26 +15,29 @@ from threestudio.utils.misc import get_device, load_module_weights
 class Updateable:
     """Something whose state follows the training step (schedules, occupancy grids, milestones).
 
-    `update_step` is called at the start of every training step, `update_step_end` after the
-    optimizer step. Each calls the object's own `do_update_step[_end]` and then propagates to its
-    Updateable children, as returned by `updateable_children()`.
+    The names and order are threestudio's, so a module ported from threestudio works unchanged:
+    the trainer calls `do_update_step` at the start of every training step and `do_update_step_end`
+    after the optimizer step. Each first propagates to the object's Updateable children (as returned
+    by `updateable_children()`) and then calls the object's own hook, `update_step[_end]`, which is
+    what subclasses override. Overriding a hook never cuts the children off; override
+    `do_update_step` only to change the propagation itself.
     """
 
-    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
-        self.do_update_step(epoch, global_step, on_load_weights=on_load_weights)
-        for child in self.updateable_children():
-            child.update_step(epoch, global_step, on_load_weights=on_load_weights)
-
-    def update_step_end(self, epoch: int, global_step: int) -> None:
-        self.do_update_step_end(epoch, global_step)
-        for child in self.updateable_children():
-            child.update_step_end(epoch, global_step)
-
     def do_update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
-        pass
+        for child in self.updateable_children():
+            child.do_update_step(epoch, global_step, on_load_weights=on_load_weights)
+        self.update_step(epoch, global_step, on_load_weights=on_load_weights)
 
     def do_update_step_end(self, epoch: int, global_step: int) -> None:
-        pass
+        for child in self.updateable_children():
+            child.do_update_step_end(epoch, global_step)
+        self.update_step_end(epoch, global_step)
+
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        """Hook: this object's own per-step update (children are already updated)."""
+
+    def update_step_end(self, epoch: int, global_step: int) -> None:
+        """Hook: this object's own update after the optimizer step."""
 
     def updateable_children(self) -> Iterator["Updateable"]:
         """The nearest Updateable descendants in the nn.Module tree, plus `extra_updateables()`."""
@@ -94,7 +97,7 @@ class BaseModule(nn.Module, Updateable):
             path, _, prefix = self.cfg.weights.partition(":")
             state_dict, epoch, global_step = load_module_weights(path, module_name=prefix or None)
             self.load_state_dict(state_dict)
-            self.update_step(epoch, global_step, on_load_weights=True)
+            self.do_update_step(epoch, global_step, on_load_weights=True)
 
     def configure(self, *args: Any, **kwargs: Any) -> None:
         pass

@@ -96,7 +96,7 @@ class ProgressiveBandFrequency(nn.Module, Updateable):
         out = out * self.mask[:, None, None]
         return out.flatten(-3)
 
-    def do_update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         if self.n_masking_step <= 0:
             return
         progress = global_step / self.n_masking_step * self.n_frequencies

@@ -162,7 +162,7 @@ class HashGridEncoding(nn.Module, Updateable):
             enc = self.encoding(x_leaf).float()
             return torch.autograd.grad(enc, x_leaf, grad_enc, create_graph=True)[0]
 
-    def do_update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         if not self.progressive:
             return
         level = self.start_level + max(global_step - self.start_step, 0) // self.update_steps

@@ -20,7 +20,8 @@ from threestudio.models.exporters.isosurface import (
     resolve_threshold,
     sample_density_grid,
 )
-from threestudio.models.exporters.mesh_io import write_glb, write_textured_obj, write_vertex_color_ply
+from threestudio.models.exporters.mesh_io import UP_AXES, write_glb, write_textured_obj, write_vertex_color_ply
+from threestudio.models.exporters.mesh_cleanup import repair_manifold, vertex_normals
 from threestudio.models.exporters.texture_baking import fill_empty_texels, rasterize_uv, uv_unwrap
 from threestudio.utils.base import BaseObject
 from threestudio.utils.config import ConfigError
@@ -68,8 +69,15 @@ class MeshExporter(BaseObject):
         save_name: str = "model"
         save_obj: bool = True
         save_glb: bool = True
-        # glTF is y-up: rotate the z-up world when writing model.glb
-        glb_y_up: bool = True
+        # up axis of model.obj and model.glb alike: "y" (glTF's and most viewers' convention; the object stands
+        # as in the videos) or "z" (the world's own coordinates)
+        up_axis: str = "y"
+        # smooth (area-weighted) vertex normals in the OBJ and GLB, so viewers shade without facets
+        save_normals: bool = True
+        # mark the GLB material KHR_materials_unlit: the baked texture already holds the shading
+        unlit: bool = False
+        # make the mesh watertight and 2-manifold (MeshFix: removes non-manifold edges, fills pinholes)
+        repair_manifold: bool = True
         save_vertex_color_ply: bool = False
 
     cfg: Config
@@ -77,6 +85,8 @@ class MeshExporter(BaseObject):
     def configure(self, geometry: Any, material: Any, background: Any = None) -> None:
         if self.cfg.rasterizer not in ("auto", "cpu", "nvdiffrast"):
             raise ConfigError(f"system.exporter.rasterizer must be auto, cpu or nvdiffrast, got '{self.cfg.rasterizer}'.")
+        if self.cfg.up_axis not in UP_AXES:
+            raise ConfigError(f"system.exporter.up_axis must be one of {', '.join(UP_AXES)}, got '{self.cfg.up_axis}'.")
         if self.cfg.isosurface_resolution < 8:
             raise ConfigError("system.exporter.isosurface_resolution must be at least 8.")
         self.geometry = geometry
@@ -113,6 +123,8 @@ class MeshExporter(BaseObject):
             vertices, faces = decimate(vertices, faces, self.cfg.decimate_target_faces)
             if self.cfg.remove_floaters:  # decimation can leave a few detached slivers
                 vertices, faces = remove_floaters(vertices, faces, self.cfg.floater_min_fraction)
+        if self.cfg.repair_manifold:
+            vertices, faces = repair_manifold(vertices, faces)
         return vertices, faces
 
     def bake_texture(self, uv: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -134,13 +146,18 @@ class MeshExporter(BaseObject):
         vertices, faces = self.extract_mesh()
         uv_mesh = uv_unwrap(vertices, faces, self.cfg.texture_size, self.cfg.texture_padding)
         texture = self.bake_texture(uv_mesh.uv, uv_mesh.vertices, uv_mesh.faces)
+        normals = None
+        if self.cfg.save_normals:  # from the unsplit mesh, so copies along UV seams share one normal
+            normals = vertex_normals(vertices, faces)[uv_mesh.source_index]
         name = self.cfg.save_name
         written: list[str] = []
         if self.cfg.save_obj:
-            written += write_textured_obj(out_dir, uv_mesh.vertices, uv_mesh.faces, uv_mesh.uv, texture, name)
+            written += write_textured_obj(out_dir, uv_mesh.vertices, uv_mesh.faces, uv_mesh.uv, texture, name,
+                                          normals=normals, up_axis=self.cfg.up_axis)
         if self.cfg.save_glb:
             written.append(write_glb(os.path.join(out_dir, f"{name}.glb"), uv_mesh.vertices, uv_mesh.faces,
-                                     uv_mesh.uv, texture, self.cfg.glb_y_up))
+                                     uv_mesh.uv, texture, normals=normals, up_axis=self.cfg.up_axis,
+                                     unlit=self.cfg.unlit))
         if self.cfg.save_vertex_color_ply:
             colors = query_albedo(self.geometry, self.material, vertices, self.cfg.chunk // 4)
             written.append(write_vertex_color_ply(os.path.join(out_dir, f"{name}_vertex_color.ply"),

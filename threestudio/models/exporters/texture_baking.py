@@ -16,11 +16,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class UVMesh:
-    """A mesh split along its UV seams: vertices (V,3), faces (F,3), uv (V,2) in [0,1]."""
+    """A mesh split along its UV seams: vertices (V,3), faces (F,3), uv (V,2) in [0,1]; source_index (V,) is the
+    vertex of the unsplit mesh each one copies (so per-vertex data such as normals carries over seams)."""
 
     vertices: np.ndarray
     faces: np.ndarray
     uv: np.ndarray
+    source_index: np.ndarray
 
 
 def uv_unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int = 1024, padding: int = 2) -> UVMesh:
@@ -35,7 +37,8 @@ def uv_unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int = 1024,
     pack.bilinear = True
     atlas.generate(xatlas.ChartOptions(), pack)
     vmapping, indices, uvs = atlas[0]
-    return UVMesh(vertices[vmapping].astype(np.float32), indices.astype(np.int64), uvs.astype(np.float32))
+    return UVMesh(vertices[vmapping].astype(np.float32), indices.astype(np.int64), uvs.astype(np.float32),
+                  vmapping.astype(np.int64))
 
 
 def uv_to_pixels(uv: np.ndarray, size: int) -> np.ndarray:

@@ -125,7 +125,7 @@ class MVDreamMultiviewDiffusionGuidance(BaseModule):
         if cfg.gradient_checkpointing:
             self.vae.enable_gradient_checkpointing()
         self.eval()
-        self.update_step(0, 0)
+        self.do_update_step(0, 0)
 
     @staticmethod
     def training_alphas_cumprod(config: Any) -> Tensor:
@@ -151,7 +151,7 @@ class MVDreamMultiviewDiffusionGuidance(BaseModule):
         return super().train(False)
 
     # ------------------------------------------------------------------ schedule
-    def do_update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         lo = C(self.cfg.min_step_percent, epoch, global_step)
         hi = C(self.cfg.max_step_percent, epoch, global_step)
         if not 0.0 <= lo <= hi <= 1.0:

@@ -117,7 +117,7 @@ class SV3DGuidance(BaseModule):
         self.prepare_condition(c.cond_image_path)
         self.sigma_min = self.sigma_max = 0.0
         self.grad_clip_value: Optional[float] = None
-        self.update_step(0, 0)
+        self.do_update_step(0, 0)
 
     def _load_pipeline(self) -> Any:
         from sv3d import SV3DPipeline
@@ -296,7 +296,7 @@ class SV3DGuidance(BaseModule):
         return out.frames
 
     # ------------------------------------------------------------------ schedules
-    def do_update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         self.sigma_min = float(C(self.cfg.sigma_min, epoch, global_step))
         self.sigma_max = float(C(self.cfg.sigma_max, epoch, global_step))
         if not 0 < self.sigma_min <= self.sigma_max:

@@ -49,7 +49,7 @@ class DiffuseWithPointLightMaterial(BaseMaterial):
         self.register_buffer("diffuse_light_color", torch.tensor(self.cfg.diffuse_light_color, dtype=torch.float32))
         self.ambient_only = False
 
-    def do_update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         self.ambient_only = global_step < self.cfg.ambient_only_steps
 
     def _pick_shading(self) -> str:

@@ -102,7 +102,7 @@ class NeRFVolumeRenderer(VolumeRenderer):
         restores train mode after validation by setting `module.training` directly, not through train()."""
         return self.training and self.cfg.randomized
 
-    def do_update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         if not self.cfg.grid_prune or not self.training or on_load_weights:
             return
 

@@ -22,7 +22,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from threestudio.models.renderers.volume_rendering import ray_aabb_intersect, ray_starts, render_weight_from_density
+from threestudio.models.renderers.volume_rendering import ray_aabb_intersect, render_weight_from_density
+from threestudio.utils.ops import ray_starts
 
 Samples = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

@@ -9,6 +9,8 @@ from typing import Optional
 
 import torch
 
+from threestudio.utils.ops import exclusive_cumsum_along_rays
+
 
 def ray_aabb_intersect(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,24 +25,10 @@ def ray_aabb_intersect(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.T
     return t_near, t_far
 
 
-def ray_starts(ray_indices: torch.Tensor, n_rays: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """First packed index and sample count of each ray (ray_indices must be sorted)."""
-    counts = torch.bincount(ray_indices, minlength=n_rays)
-    starts = torch.cumsum(counts, 0) - counts
-    return starts, counts
-
-
 def exclusive_optical_depth(sigma_delta: torch.Tensor, ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
     """sum_{j<i, same ray} sigma_j delta_j for each packed sample i (differentiable)."""
-    if sigma_delta.numel() == 0:
-        return sigma_delta
-    # float64 running sum over all samples, minus each ray's value at its first sample: exact to
-    # ~1e-12 even with millions of samples (float32 would lose the small per-ray sums)
-    inclusive = torch.cumsum(sigma_delta.to(torch.float64), dim=0)
-    exclusive = inclusive - sigma_delta.to(torch.float64)
-    starts, counts = ray_starts(ray_indices, n_rays)
-    ray_offset = exclusive[starts.clamp(max=exclusive.shape[0] - 1)]
-    return (exclusive - ray_offset[ray_indices]).to(sigma_delta.dtype).clamp(min=0.0)
+    depth = exclusive_cumsum_along_rays(sigma_delta, ray_indices, n_rays)
+    return depth.to(sigma_delta.dtype).clamp(min=0.0)
 
 
 def render_weight_from_density(t_starts: torch.Tensor, t_ends: torch.Tensor, sigmas: torch.Tensor,
