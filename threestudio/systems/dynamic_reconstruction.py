@@ -163,7 +163,8 @@ class DynamicReconstructionSystem(MultiviewReconstructionSystem):
         if self.cfg.export_after_test:
             datamodule = getattr(self.trainer, "datamodule", None)
             if datamodule is not None and hasattr(datamodule, "predict_dataset"):
-                self.export_frames([datamodule.predict_dataset()[i] for i in range(len(datamodule.predict_dataset()))])
+                frames = datamodule.predict_dataset()
+                self.export_frames([frames[i] for i in range(len(frames))])
 
     # ------------------------------------------------------------------ export
     def on_predict_epoch_start(self) -> None:

@@ -7,8 +7,9 @@ factorised space-time planes added to the hash-grid features, stores each moving
 slice and sees it only in the ~10-20 views of that frame; a deformation field shares one canonical shape
 and texture between all views of all frames (a views x frames matrix gives V*F observations of it), so
 per-frame meshes keep the same texture and the held-out frames interpolate the motion rather than the
-appearance. `benchmarks/bench_reconstruction_4d.py --compare-static` measures the gain over
-independent per-frame fields. Parts that appear or disappear (topology changes) are outside what a
+appearance. `benchmarks/bench_reconstruction_4d.py` measures it on moving procedural objects, and against the
+same field with the deformation frozen (`system.optimizer.params.geometry.deformation_network.lr=0`: one
+static field fitted to all frames). Parts that appear or disappear (topology changes) are outside what a
 deformation represents; the canonical density prior (`density_bias`) is kept in world space, so the
 interior of the object stays solid at every time.
 
