@@ -84,10 +84,7 @@ class DynamicReconstructionSystem(MultiviewReconstructionSystem):
             if bg is not None:
                 sub["bg_color"] = bg if bg.dim() < 4 else bg[:, start:start + n]
             with self.geometry.at_time(t):
-                out = super().render(sub)
-            if "points" in out:
-                out["sample_times"] = torch.full((out["points"].shape[0],), t, device=out["points"].device)
-            outs.append(out)
+                outs.append(super().render(sub))
             start += n
         return outs[0] if len(outs) == 1 else merge_renders(outs)
 
@@ -108,6 +105,7 @@ class DynamicReconstructionSystem(MultiviewReconstructionSystem):
             points = out["points"].detach()
             n = min(self.cfg.temporal_points, points.shape[0])
             pick = torch.randperm(points.shape[0], device=points.device)[:n]
+            # at random times, not only the training frames': the motion between frames is what is regularised
             losses["temporal"] = self.geometry.temporal_smoothness(points[pick])
         return losses
 
