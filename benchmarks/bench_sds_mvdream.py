@@ -79,7 +79,8 @@ def run_phase(phase: str, steps: int, warmup: int, device_name: str, checkpointi
         f"data.batch_size={batch_size}", f"data.width={size}", f"data.height={size}", "data.resolution_milestones=[]",
         f"system.guidance.gradient_checkpointing={str(checkpointing).lower()}"])
     system = MVDreamSystem(cfg.system).to(device)
-    guidance = RandomWeightGuidance(cfg.system["guidance"]).to(device)
+    guidance = RandomWeightGuidance(cfg.system["guidance"])
+    guidance.prior.device = device
     width = guidance.unet.config.cross_attention_dim
     prompt_utils = PromptProcessorOutput(torch.randn(1, 77, width), torch.randn(1, 77, width))
     optimizer = parse_optimizer(cfg.system["optimizer"], system)

@@ -4,7 +4,7 @@
     python scripts/make_example.py --seed 7 --out /tmp/obj7   # an unseen object of the same kind
 
 Writes `transforms_{train,val,test}.json` (camera_angle_x, c2w `transform_matrix` in the z-up world
-with OpenGL camera axes, DESIGN.md §3), `train/*.png`, `test/*.png` (validation reuses the first test
+with OpenGL camera axes, docs/architecture.md §3), `train/*.png`, `test/*.png` (validation reuses the first test
 views) and `scene.json` (the analytic object, ground truth for benchmarks/bench_reconstruction.py).
 """
 from __future__ import annotations
@@ -19,7 +19,11 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from procedural_scene import Scene, example_scene, look_at, random_scene, render, spherical_position  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch  # noqa: E402
+from procedural_scene import Scene, example_scene, random_scene, render  # noqa: E402
+
+from threestudio.utils.ops import orbit_c2w  # noqa: E402  (the project's one camera maths)
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "load", "example_primitives")
 GOLDEN_ANGLE = 180.0 * (3.0 - math.sqrt(5.0))
@@ -45,7 +49,8 @@ def write_split(out: str, split: str, folder: str, scene: Scene, cams: list, siz
     frames = []
     os.makedirs(os.path.join(out, folder), exist_ok=True)
     for i, (elevation, azimuth) in enumerate(cams):
-        c2w = look_at(spherical_position(elevation, azimuth, distance))
+        c2w = orbit_c2w(*(torch.tensor([float(v)], dtype=torch.float64) for v in (elevation, azimuth, distance)))
+        c2w = c2w[0].numpy()
         name = f"{folder}/r_{i:03d}.png"
         if render_images:
             rgba = render(scene, c2w, size, fov, supersample)

@@ -1,7 +1,7 @@
 """Analytic coloured-primitive objects: exact ray casting, surface sampling and distances in NumPy.
 
 Used to make the bundled example (`scripts/make_example.py`) and the ground truth of the
-reconstruction benchmark (`benchmarks/bench_reconstruction.py`). World axes follow DESIGN.md §3
+reconstruction benchmark (`benchmarks/bench_reconstruction.py`). World axes follow docs/architecture.md §3
 (z up); cameras use OpenGL axes. Surfaces are unlit: the colour seen is the surface colour
 (albedo), so a reconstructed texture can be compared with it directly.
 """
@@ -250,25 +250,6 @@ def random_scene(seed: int, n_primitives: Optional[int] = None, target_radius: f
 
 
 # ---------------------------------------------------------------------------- cameras and rendering
-def look_at(position: np.ndarray) -> np.ndarray:
-    """c2w (4,4), OpenGL camera axes, looking at the origin with z up."""
-    forward = -position / np.linalg.norm(position)
-    up = np.array([0.0, 0.0, 1.0])
-    right = np.cross(forward, up)
-    if np.linalg.norm(right) < 1e-6:
-        right = np.cross(forward, np.array([0.0, 1.0, 0.0]))
-    right /= np.linalg.norm(right)
-    cam_up = np.cross(right, forward)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, cam_up, -forward, position
-    return c2w
-
-
-def spherical_position(elevation_deg: float, azimuth_deg: float, distance: float) -> np.ndarray:
-    e, a = math.radians(elevation_deg), math.radians(azimuth_deg)
-    return distance * np.array([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)])
-
-
 def render(scene: Scene, c2w: np.ndarray, size: int, fov_deg: float, supersample: int = 3) -> np.ndarray:
     """RGBA float image (size,size,4), straight (not premultiplied) colour, alpha = coverage."""
     focal = 0.5 * size / math.tan(math.radians(fov_deg) / 2)

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import threestudio
+from threestudio.models.exporters.isosurface import ExportError
 from threestudio.utils.base import build_module
 from threestudio.utils.config import ConfigError
 
@@ -124,9 +126,25 @@ def test_density_grid_and_isosurface_of_a_ball():
     centres = mesh.vertices[mesh.faces].mean(dim=1)
     outward = (mesh.face_normals() * F.normalize(centres, dim=-1)).sum(-1)
     assert float(outward.min()) > 0.5
-    auto = make_geometry(isosurface_threshold="auto", isosurface_resolution=16)
-    zero_networks(auto)
-    assert auto.isosurface().faces.shape[0] > 0
+    assert mesh.extras["threshold"] == 5.0
+
+
+def test_geometry_and_exporter_share_one_extraction_path(tmp_path):
+    # "auto" means the same (Otsu) level in both, and the two meshes are the same mesh
+    from threestudio.models.exporters.isosurface import otsu_threshold
+
+    geo = make_geometry(isosurface_threshold="auto", isosurface_resolution=24)
+    zero_networks(geo)
+    mesh = geo.isosurface()
+    grid = geo.density_grid(resolution=24)
+    assert mesh.extras["threshold"] == pytest.approx(otsu_threshold(grid.numpy()))
+    exporter = build_module("mesh-exporter", {"isosurface_resolution": 24, "fill_cavities": False,
+                                              "remove_floaters": False, "decimate_target_faces": None,
+                                              "repair_manifold": False},
+                            "system.exporter", geometry=geo, material=None)
+    vertices, faces = exporter.extract_mesh()
+    np.testing.assert_array_equal(vertices, mesh.vertices.numpy())
+    np.testing.assert_array_equal(faces, mesh.faces.numpy())
 
 
 def test_isosurface_coarse_to_fine_and_outlier_removal():
@@ -137,7 +155,7 @@ def test_isosurface_coarse_to_fine_and_outlier_removal():
     assert float(mesh.vertices.abs().max()) < 0.3
     empty = make_geometry(isosurface_threshold=50.0, isosurface_resolution=16)
     zero_networks(empty)
-    with pytest.raises(RuntimeError, match="empty"):
+    with pytest.raises(ExportError, match="Empty isosurface.*never crosses isosurface_threshold=50"):
         empty.isosurface()
 
 

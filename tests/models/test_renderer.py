@@ -297,3 +297,40 @@ def test_renderer_config_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="nerfacc"):
             make_renderer(geo, estimator_backend="nerfacc")
+
+
+def test_light_per_ray_and_only_material_options_reach_the_material():
+    """The camera-batch contract: light_positions per view (B, 3) or per ray (B, H, W, 3); a whole batch may be
+    passed (`renderer(**batch)`) and only non-batch keywords reach the material."""
+    from threestudio.data.camera_sampling import orbit_cameras
+
+    geo = BallGeometry({"sigma": 8.0, "ball_radius": 0.6})
+    renderer = make_renderer(geo, material="diffuse-with-point-light-material", num_samples_per_ray=64,
+                             grid_prune=False)
+    renderer.eval()
+    seen = []
+    material = renderer.sub_modules.material
+    original = material.forward
+
+    def spy(*args, **kwargs):
+        seen.append(set(kwargs))
+        return original(*args, **kwargs)
+
+    material.forward = spy
+    batch = orbit_cameras(2, 20.0, 3.0, 40.0, 8, 8)
+    with torch.no_grad():
+        per_view = renderer(**batch, shading="diffuse")
+        lights = batch["light_positions"][:, None, None, :].expand(2, 8, 8, 3).clone()
+        per_ray = renderer(batch["rays_o"], batch["rays_d"], lights, shading="diffuse")
+        torch.testing.assert_close(per_ray["comp_rgb"], per_view["comp_rgb"])
+        assert per_view["opacity"][:, :, :4].max() > 0.5
+        # a light behind the object for the left half of each image only: that half changes, the right half not
+        lights[:, :, :4] = -lights[:, :, :4]
+        half = renderer(batch["rays_o"], batch["rays_d"], lights, shading="diffuse")
+    assert not torch.allclose(half["comp_rgb"][:, :, :4], per_view["comp_rgb"][:, :, :4])
+    torch.testing.assert_close(half["comp_rgb"][:, :, 4:], per_view["comp_rgb"][:, :, 4:])
+    batch_keys = {"c2w", "mvp_mtx", "elevation", "azimuth", "camera_distances", "fovy", "height", "width",
+                  "camera_positions", "rays_o", "rays_d"}
+    assert seen and all("shading" in keys and not keys & batch_keys for keys in seen)
+    with pytest.raises(ValueError, match="light_positions"):
+        renderer(batch["rays_o"], batch["rays_d"], torch.zeros(3, 3))

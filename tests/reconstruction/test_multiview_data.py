@@ -13,6 +13,7 @@ from PIL import Image
 
 import threestudio
 from threestudio.data.multiview_sources import DatasetError, load_orbit, load_transforms, orbit_azimuths
+from threestudio.utils.misc import step_seed
 
 from reconstruction_test_helpers import load_script, make_tiny_dataset
 
@@ -55,6 +56,15 @@ def test_random_ray_batches_are_reproducible_and_composited(tiny):
     empty = a["mask"][..., 0] == 0
     assert empty.any()
     assert torch.allclose(a["rgb"][empty], a["bg_color"][empty])
+    # every ray is lit from its own view's camera (the rays of one batch come from many views)
+    ds = dm.train_dataset
+    assert a["light_positions"].shape == (1, 256, 1, 3)
+    gen = torch.Generator().manual_seed(step_seed(ds.seed, 3, "rays"))
+    index = torch.randint(0, ds.rays_o.shape[0], (256,), generator=gen)
+    views = index // ds.pixels_per_view
+    assert len(set(views.tolist())) > 1
+    torch.testing.assert_close(a["light_positions"].reshape(256, 3), ds.camera_positions[views])
+    torch.testing.assert_close(a["rays_o"].reshape(256, 3), ds.camera_positions[views])
 
 
 def test_single_file_with_fl_xy_holdout_and_resize(tmp_path, tiny):

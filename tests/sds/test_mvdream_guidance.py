@@ -191,12 +191,16 @@ def test_timestep_schedule_and_sampling(guidance):
 
 
 def test_guidance_is_frozen_fp32_on_cpu_and_checks_its_input(guidance):
-    assert all(not p.requires_grad for p in guidance.parameters())
-    assert {p.dtype for p in guidance.parameters()} == {torch.float32}
+    prior = [p for m in (guidance.unet, guidance.vae) for p in m.parameters()]
+    assert prior and all(not p.requires_grad for p in prior)
+    assert {p.dtype for p in prior} == {torch.float32}
+    # the prior is held outside the module tree: nothing to train, nothing in state dicts
+    assert list(guidance.parameters()) == [] and list(guidance.state_dict()) == []
+    assert guidance.pipe.text_encoder is None  # the prompt processor's business
     # the schedule in float64, as the original checkpoint's buffers
     assert torch.equal(guidance.alphas_cumprod, alphas_cumprod_by_hand().float())
     guidance.train()
-    assert not guidance.training and not guidance.unet.training and not guidance.vae.training
+    assert not guidance.unet.training and not guidance.vae.training
     rgb, c2w = two_objects()
     utils = prompt_utils(guidance.unet.config.cross_attention_dim)
     with pytest.raises(ValueError, match="not a whole number of 4-view groups"):
@@ -217,11 +221,14 @@ def test_vae_posterior_sampling_uses_the_global_rng(guidance):
     assert not torch.equal(a, mean)
 
 
-def test_checkpoint_errors(tmp_path):
+def test_checkpoint_errors_come_when_the_prior_is_loaded(tmp_path):
+    # building reads nothing (--test/--export never need the checkpoint); loading names the key
     with pytest.raises(ConfigError, match="pretrained_model_name_or_path is not set"):
-        MVDreamMultiviewDiffusionGuidance({})
+        MVDreamMultiviewDiffusionGuidance({}).load_prior()
+    missing = MVDreamMultiviewDiffusionGuidance({"ckpt_path": str(tmp_path / "nowhere.pt")})
+    assert not missing.prior.loaded
     with pytest.raises(FileNotFoundError, match="ckpt_path: '.*nowhere.pt' does not exist.*Nothing is downloaded"):
-        MVDreamMultiviewDiffusionGuidance({"ckpt_path": str(tmp_path / "nowhere.pt")})
+        missing.load_prior()
     with pytest.raises(ConfigError, match="weighting_strategy 'bogus'"):
         MVDreamMultiviewDiffusionGuidance({"weighting_strategy": "bogus"})
 
@@ -245,7 +252,8 @@ def test_prompt_embeddings_are_cached_and_reused(mvdream_tiny_ckpt, tmp_path, mo
     torch.testing.assert_close(utils.uncond_text_embeddings, expected[1:2])
     rows = utils.get_text_embeddings(8)
     assert rows.shape == (16, 77, expected.shape[-1])
-    assert torch.equal(rows[7], expected[0]) and torch.equal(rows[8], expected[1])
+    # [uncond; cond]: the negative prompt's rows first, as in the model packages
+    assert torch.equal(rows[7], expected[1]) and torch.equal(rows[8], expected[0])
 
     # second run: everything from the cache, the text encoder is never loaded
     def no_loading(*args, **kwargs):
@@ -257,11 +265,23 @@ def test_prompt_embeddings_are_cached_and_reused(mvdream_tiny_ckpt, tmp_path, mo
     assert torch.equal(second().text_embeddings, utils.text_embeddings)
     assert torch.equal(second().uncond_text_embeddings, utils.uncond_text_embeddings)
 
-    # a new prompt misses (only it); another model (here: the file changed) misses too
-    monkeypatch.setattr(module, "load_mvdream_pipeline", load_mvdream_pipeline)
+    # a new prompt misses (only it) and loads the text encoder alone; another model (here: the file
+    # changed) or another encoder dtype misses too
+    loaded = []
+
+    def text_encoder_only(*args, **kwargs):
+        loaded.append(tuple(kwargs["components"]))
+        return load_mvdream_pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(module, "load_mvdream_pipeline", text_encoder_only)
     third = MVDreamPromptProcessor({**cfg, "prompt": "a blue car"})
     assert (third.n_encoded, third.n_cache_hits) == (1, 1)
+    assert loaded == [("text_encoder",)]
     identity, path = third.model_identity(), third.cache_path("a red car")
+    third.encode_dtype = torch.float16
+    assert third.model_identity() != identity and third.cache_path("a red car") != path
+    third.encode_dtype = torch.float32
+    assert third.model_identity() == identity
     stat = os.stat(ckpt)
     os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert third.model_identity() != identity and third.cache_path("a red car") != path
@@ -298,8 +318,10 @@ def test_sds_gradients_reach_the_geometry(mvdream_tiny_ckpt, tmp_path):
     cfg = tiny_config("mvdream-sd21-shading.yaml", mvdream_tiny_ckpt, tmp_path, "data.width=[12,24]",
                       "data.height=[12,24]", "system.background.random_aug=false")
     system = mvdream_system.MVDreamSystem(cfg.system)
-    assert system.guidance is None  # built when training starts, never for --test/--export
+    # loaded when training starts, never for --test/--export
+    assert not system.guidance.prior.loaded and system.prompt_utils is None
     system.build_prior()
+    assert system.guidance.prior.loaded
     batch = RandomMultiviewCameraDataModule(cfg.data)._make_train_dataset().batch_at(0)
     assert batch["rays_o"].shape == (8, 12, 12, 3)
     system.train()
@@ -313,11 +335,14 @@ def test_sds_gradients_reach_the_geometry(mvdream_tiny_ckpt, tmp_path):
         grads = [p.grad for p in system.get_submodule(name).parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads), name
         assert sum(g.abs().sum() for g in grads) > 0, name
-    # the prior never reaches checkpoints
-    checkpoint = {"state_dict": system.state_dict()}
-    assert any(k.startswith("guidance.") for k in checkpoint["state_dict"])
-    system.on_save_checkpoint(checkpoint)
-    assert not any(k.startswith(("guidance.", "prompt_processor.")) for k in checkpoint["state_dict"])
+    # the prior is outside the module tree: never trained, never in checkpoints, never switched to train mode
+    assert not any(k.startswith(("guidance.", "prompt_processor.")) for k in system.state_dict())
+    assert not any(p is q for p in system.parameters() for q in system.guidance.unet.parameters())
+    system.train()
+    assert not system.guidance.unet.training and not system.guidance.vae.training
+    assert not any(p.requires_grad for p in system.guidance.unet.parameters())
+    system.release_prior()
+    assert not system.guidance.prior.loaded and system.prompt_utils is None
 
 
 def test_configs_follow_the_reference_recipe(mvdream_tiny_ckpt, tmp_path):

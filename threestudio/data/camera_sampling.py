@@ -1,4 +1,4 @@
-"""Random and orbit camera batches shared by the camera data modules (DESIGN.md §3 conventions)."""
+"""Random and orbit camera batches shared by the camera data modules (docs/architecture.md §3 conventions)."""
 from __future__ import annotations
 
 import math
@@ -126,10 +126,3 @@ def orbit_cameras(n_views: int, elevation_deg: float, distance: float, fovy_deg:
     positions = camera_positions_from_spherical(elevation, azimuth, distances)
     c2w = look_at_c2w(positions)
     return camera_batch(c2w, fovy, height, width, positions.clone(), elevation, azimuth, distances)
-
-
-def select_view(batch: dict, index: int) -> dict:
-    """One camera of a batch as a batch of one, with its `index`."""
-    out = {k: (v[index:index + 1] if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in batch.items()}
-    out["index"] = torch.tensor([index])
-    return out

@@ -2,7 +2,7 @@
 
 Training batches are random rays drawn from all training pixels, shaped as a (1, N, 1, 3) "image" so the
 renderer takes them like any view; validation and test batches are whole views (test may instead be a
-120-frame orbit for the video). Conventions: DESIGN.md §3.
+120-frame orbit for the video). Conventions: docs/architecture.md §3.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from threestudio.data.multiview_sources import (
     load_transforms,
     transforms_files,
 )
-from threestudio.utils.config import ConfigError
+from threestudio.utils.config import ConfigError, require_positive
 from threestudio.utils.misc import step_seed
 from threestudio.utils.ops import get_ray_directions, get_rays
 
@@ -109,15 +109,15 @@ class RandomRayDataset(StepIndexedIterableDataset):
             bg = background_color(self.background).expand(n, 3)
         mask = self.mask[index]
         rgb = self.rgb[index] * mask + bg * (1 - mask)
-        view = index // self.pixels_per_view
-        light = self.camera_positions[view[:1]]
+        # each ray is lit from its own view's camera (rays of one batch come from many views)
+        light = self.camera_positions[index // self.pixels_per_view]
         return {
             "rays_o": self.rays_o[index].reshape(1, n, 1, 3),
             "rays_d": self.rays_d[index].reshape(1, n, 1, 3),
             "rgb": rgb.reshape(1, n, 1, 3),
             "mask": mask.reshape(1, n, 1, 1),
             "bg_color": bg.reshape(1, n, 1, 3),
-            "light_positions": light,
+            "light_positions": light.reshape(1, n, 1, 3),
             "height": n,
             "width": 1,
         }
@@ -171,6 +171,13 @@ class MultiviewImageDataModule(CameraDataModule):
             raise ConfigError(f"{config_path}.convention must be auto, transforms or orbit, got '{c.convention}'.")
         if (c.height is None) != (c.width is None):
             raise ConfigError(f"{config_path}.height and width must be given together.")
+        for key in ("height", "width", "eval_height", "eval_width"):
+            if getattr(c, key) is not None:
+                require_positive(getattr(c, key), f"{config_path}.{key}")
+        for key in ("batch_size", "n_test_views"):
+            require_positive(getattr(c, key), f"{config_path}.{key}")
+        require_positive(c.n_val_views, f"{config_path}.n_val_views", allow_zero=True)
+        require_positive(c.holdout_every, f"{config_path}.holdout_every", allow_zero=True)
         self.train_views, self.val_views, self.test_views = self._load()
 
     # ------------------------------------------------------------------------ loading

@@ -17,7 +17,7 @@ from torch import Tensor
 
 import threestudio
 from threestudio.systems.multiview_reconstruction import MultiviewReconstructionSystem
-from threestudio.utils.base import build_module
+from threestudio.utils.batch import render_inputs
 from threestudio.utils.config import ConfigError
 from threestudio.utils.losses import psnr
 from threestudio.utils.saving import to_uint8_image
@@ -78,11 +78,9 @@ class DynamicReconstructionSystem(MultiviewReconstructionSystem):
         values, counts = torch.unique_consecutive(times.reshape(-1), return_counts=True)
         outs, start = [], 0
         for t, n in zip(values.tolist(), counts.tolist()):
-            sub = {k: batch[k][:, start:start + n] for k in ("rays_o", "rays_d")}
-            sub["light_positions"] = batch["light_positions"]
-            bg = batch.get("bg_color")
-            if bg is not None:
-                sub["bg_color"] = bg if bg.dim() < 4 else bg[:, start:start + n]
+            # per-ray inputs (1, N, 1, C) are cut like the rays; per-view ones apply to every group
+            sub = {k: v[:, start:start + n] if torch.is_tensor(v) and v.dim() == 4 else v
+                   for k, v in render_inputs(batch).items()}
             with self.geometry.at_time(t):
                 outs.append(super().render(sub))
             start += n
@@ -113,13 +111,17 @@ class DynamicReconstructionSystem(MultiviewReconstructionSystem):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self.render_view(batch, normals="normal" in self.cfg.validation_panels)
         self.log("val/psnr", psnr(out["comp_rgb"], batch["rgb"]), on_epoch=True, batch_size=1)
-        self._val_images[(int(batch["view"]), int(batch["frame"]))] = (batch["rgb"][0], out["comp_rgb"][0])
+        # _panels also tracks the largest opacity (the base class warns when the density collapsed)
+        rendered = self._panels(out, ["rgb"])[0]["img"]
+        self._val_images[(int(batch["view"]), int(batch["frame"]))] = (batch["rgb"][0], rendered)
 
     def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
         self._val_images = {}
 
     def on_validation_epoch_end(self) -> None:
         """One image: a row of ground truth and a row of renders per view, one column per frame."""
+        super().on_validation_epoch_end()
         if not self.cfg.val_grid or not self._val_images or not self.trainer.is_global_zero:
             return
         views = sorted({v for v, _ in self._val_images})
@@ -188,8 +190,7 @@ class DynamicReconstructionSystem(MultiviewReconstructionSystem):
                 raise ConfigError(f"system.export_frames: {unknown} are not frame positions of the data "
                                   f"(0..{len(frames) - 1}).")
             selected = [item for item in frames if int(item["frame"]) in wanted]
-        exporter = build_module(self.cfg.exporter_type, self.cfg.exporter, "system.exporter",
-                                geometry=self.geometry, material=self.material, background=self.background)
+        exporter = self.exporter
         root = os.path.join(self.get_save_dir(), f"{self.step_prefix()}-export")
         entries = []
         for item in selected:

@@ -1,6 +1,7 @@
 """Base of the systems that optimise a 3D field: geometry + material + background + renderer (+ exporter)."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +13,10 @@ from threestudio.systems.base import BaseSystem
 from threestudio.utils.base import build_module
 from threestudio.utils.config import ConfigError
 
+logger = logging.getLogger("threestudio")
 PANELS = ("rgb", "normal", "opacity", "depth")
+# below this largest opacity over every validation view the field is empty: the density collapsed
+COLLAPSED_OPACITY = 1e-3
 
 
 class BaseLift3DSystem(BaseSystem):
@@ -46,12 +50,21 @@ class BaseLift3DSystem(BaseSystem):
             self.cfg.renderer_type, self.cfg.renderer, "system.renderer",
             geometry=self.geometry, material=self.material, background=self.background,
         )
+        # built now so that bad exporter settings stop the run before training, not after it
+        self.exporter = build_module(
+            self.cfg.exporter_type, self.cfg.exporter, "system.exporter",
+            geometry=self.geometry, material=self.material, background=self.background,
+        )
+        self._val_max_opacity: float | None = None
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         return self.renderer(**batch)
 
     # ------------------------------------------------------------------ images
     def _panels(self, out: dict[str, Tensor], names: list, index: int = 0) -> list[dict]:
+        if self._trainer is not None and self.trainer.validating and "opacity" in out:
+            current = float(out["opacity"].detach().max())
+            self._val_max_opacity = max(self._val_max_opacity or 0.0, current)
         panels = []
         for name in names:
             if name == "rgb":
@@ -74,6 +87,22 @@ class BaseLift3DSystem(BaseSystem):
         index = int(batch["index"][0]) if "index" in batch else batch_idx
         self.save_image_grid(f"{self.step_prefix()}-{index}.png", self._panels(out, self.cfg.validation_panels))
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_max_opacity = None
+
+    def on_validation_epoch_end(self) -> None:
+        """Report a collapsed (diverged) density here, not at export time."""
+        opacity = self._val_max_opacity
+        if opacity is None:
+            return
+        self.log("val/max_opacity", opacity)
+        if opacity < COLLAPSED_OPACITY:
+            logger.warning(
+                "Validation at step %d: every view renders empty (largest opacity %.2g): the density has "
+                "collapsed to zero and training has diverged or not started. Check the learning rate, the loss "
+                "weights and the density bias; an export from this state would be empty.",
+                self.true_global_step, opacity)
+
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self(batch)
         index = int(batch["index"][0]) if "index" in batch else batch_idx
@@ -92,10 +121,7 @@ class BaseLift3DSystem(BaseSystem):
     def on_predict_epoch_end(self) -> None:
         if not self.trainer.is_global_zero:
             return
-        exporter = build_module(
-            self.cfg.exporter_type, self.cfg.exporter, "system.exporter",
-            geometry=self.geometry, material=self.material, background=self.background,
-        )
+        exporter = self.exporter
         out_dir = os.path.join(self.get_save_dir(), f"{self.step_prefix()}-export")
         os.makedirs(out_dir, exist_ok=True)
         with torch.no_grad():

@@ -14,10 +14,10 @@ from torch import Tensor
 
 import threestudio
 from threestudio.systems.lift3d import BaseLift3DSystem
+from threestudio.utils.batch import render_inputs
 from threestudio.utils.config import ConfigError
 from threestudio.utils.losses import PHOTOMETRIC_LOSSES, mask_bce_loss, photometric_loss, psnr, regularizer_losses
 
-RENDER_KEYS = ("rays_o", "rays_d", "light_positions", "bg_color")
 
 
 @threestudio.register("multiview-reconstruction-system")
@@ -42,7 +42,7 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
 
     # ----------------------------------------------------------------------------- rendering
     def render(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        return self.renderer(**{k: batch[k] for k in RENDER_KEYS if k in batch})
+        return self.renderer(**render_inputs(batch))
 
     @torch.no_grad()
     def render_view(self, batch: dict[str, Any], normals: bool = False) -> dict[str, Tensor]:
@@ -60,14 +60,15 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
         rays_o, rays_d = batch["rays_o"], batch["rays_d"]
         _, height, width, _ = rays_o.shape
         flat_o, flat_d = rays_o.reshape(1, -1, 1, 3), rays_d.reshape(1, -1, 1, 3)
-        bg = batch.get("bg_color")
         chunk = max(1, self.cfg.eval_chunk_rays)
         parts: list[dict[str, Tensor]] = []
         for start in range(0, flat_o.shape[1], chunk):
-            sub = {"rays_o": flat_o[:, start:start + chunk], "rays_d": flat_d[:, start:start + chunk],
-                   "light_positions": batch["light_positions"]}
-            if bg is not None:
-                sub["bg_color"] = bg if bg.dim() == 1 else bg.reshape(1, -1, 1, bg.shape[-1])[:, start:start + chunk]
+            sub = {"rays_o": flat_o[:, start:start + chunk], "rays_d": flat_d[:, start:start + chunk]}
+            # per-view values (C,) / (1, C) apply to every chunk; per-ray ones (1, H, W, C) are cut like the rays
+            for key in ("light_positions", "bg_color"):
+                value = batch.get(key)
+                if value is not None:
+                    sub[key] = value if value.dim() < 4 else value.reshape(1, -1, 1, value.shape[-1])[:, start:start + chunk]
             out = self.render(sub)
             parts.append({k: v for k, v in out.items() if torch.is_tensor(v) and v.dim() == 4 and v.shape[1] > 0
                           and v.shape[2] == 1})

@@ -1,11 +1,9 @@
 """`mvdream-system`: text-to-3D with the MVDream multiview prior (x0-SDS), as in MVDream-threestudio."""
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
-import torch
 from torch import Tensor
 
 import threestudio
@@ -18,11 +16,11 @@ from threestudio.utils.misc import cleanup
 LOSS_TERMS = ("sds", *REGULARIZERS)
 
 
-
 @threestudio.register("mvdream-system")
 class MVDreamSystem(BaseLift3DSystem):
-    """NeRF + frozen MVDream guidance. The prior and the text embeddings are built when training starts,
-    so `--test`, `--validate` and `--export` need neither the MVDream checkpoint nor its memory."""
+    """NeRF + frozen MVDream guidance. The prior (in the guidance's `FrozenPrior`) and the text embeddings are
+    loaded when training starts, so `--test`, `--validate` and `--export` need neither the MVDream checkpoint
+    nor its memory."""
 
     @dataclass
     class Config(BaseLift3DSystem.Config):
@@ -35,8 +33,6 @@ class MVDreamSystem(BaseLift3DSystem):
         use_recompute: bool = False
 
     cfg: Config
-    # the prior is rebuilt from its own file; trial checkpoints only hold the 3D model
-    checkpoint_exclude = ("guidance", "prompt_processor")
 
     def configure(self) -> None:
         super().configure()
@@ -45,15 +41,14 @@ class MVDreamSystem(BaseLift3DSystem):
             raise ConfigError(
                 f"system.loss: unknown term(s) {unknown}; mvdream-system has lambda_{', lambda_'.join(LOSS_TERMS)}."
             )
-        # validate the prior's options now (a typo must fail before any work), build it at fit start
         guidance_cfg = dict(self.cfg.guidance)
         if self.cfg.use_recompute:
             guidance_cfg["gradient_checkpointing"] = True
-        self._guidance_cfg = guidance_cfg
-        parse_structured(threestudio.find(self.cfg.guidance_type).Config, guidance_cfg, where="system.guidance")
+        # checks its options and reads nothing; the prior loads at fit start
+        self.guidance = build_module(self.cfg.guidance_type, guidance_cfg, "system.guidance")
+        # validate the prompt processor's options now (a typo must fail before any work), build it at fit start
         parse_structured(threestudio.find(self.cfg.prompt_processor_type).Config, self.cfg.prompt_processor,
                          where="system.prompt_processor")
-        self.guidance: Optional[torch.nn.Module] = None
         self.prompt_processor: Any = None
         self.prompt_utils: Any = None
 
@@ -62,27 +57,21 @@ class MVDreamSystem(BaseLift3DSystem):
 
     # ------------------------------------------------------------------ prior
     def build_prior(self) -> None:
-        """Text embeddings first (their encoder is freed before the UNet loads), then the guidance."""
-        if self.guidance is not None:
-            return
-        self.prompt_processor = build_module(self.cfg.prompt_processor_type, self.cfg.prompt_processor,
-                                             "system.prompt_processor")
-        self.prompt_utils = self.prompt_processor()
-        guidance = build_module(self.cfg.guidance_type, self._guidance_cfg, "system.guidance")
-        self.guidance = guidance.to(self.device)
-        if self._trainer is not None:
-            self.guidance.do_update_step(self.true_current_epoch, self.true_global_step)
+        """Text embeddings first (their encoder is freed before the UNet loads), then the guidance's prior."""
+        if self.prompt_utils is None:
+            self.prompt_processor = build_module(self.cfg.prompt_processor_type, self.cfg.prompt_processor,
+                                                 "system.prompt_processor")
+            self.prompt_utils = self.prompt_processor()
+        self.guidance.load_prior()
 
     def release_prior(self) -> None:
-        self.guidance = None
+        self.guidance.prior.release()
         self.prompt_processor = None
         self.prompt_utils = None
         cleanup()
 
     def on_fit_start(self) -> None:
         self.build_prior()
-        # the frozen prior is in eval mode on purpose; Lightning would warn about each of its modules
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
     def on_fit_end(self) -> None:
         # testing and exporting after training do not need the prior's memory
@@ -90,7 +79,7 @@ class MVDreamSystem(BaseLift3DSystem):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        if self.guidance is None:
+        if self.prompt_utils is None:
             self.build_prior()
         out = self(batch)
         guidance_out = self.guidance(out["comp_rgb"], self.prompt_utils, **batch)

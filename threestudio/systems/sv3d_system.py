@@ -23,12 +23,8 @@ import threestudio
 from threestudio.data.multiview_sources import mask_from_background, read_image
 from threestudio.systems.lift3d import BaseLift3DSystem
 from threestudio.utils.base import build_module
+from threestudio.utils.batch import CameraBatch, render_inputs
 from threestudio.utils.losses import regularizer_losses
-
-# batch entries that describe a camera (what the renderer needs), as opposed to ground truth or nested batches
-CAMERA_KEYS = ("rays_o", "rays_d", "light_positions", "c2w", "camera_positions", "mvp_mtx", "elevation",
-               "azimuth", "camera_distances", "fovy", "height", "width")
-
 
 @threestudio.register("sv3d-system")
 class SV3DSystem(BaseLift3DSystem):
@@ -47,7 +43,6 @@ class SV3DSystem(BaseLift3DSystem):
         photometric_mask_threshold: float = 0.02  # SV3D frames are on white: mask = differs from white by this
 
     cfg: Config
-    checkpoint_exclude = ("guidance",)
 
     def configure(self) -> None:
         super().configure()
@@ -55,9 +50,9 @@ class SV3DSystem(BaseLift3DSystem):
         self.reference_orbit: Optional[tuple[Tensor, Tensor]] = None
 
     # ------------------------------------------------------------------ rendering
-    def _render(self, camera: dict, **options: Any) -> dict[str, Tensor]:
-        args = {k: v for k, v in camera.items() if k in CAMERA_KEYS}
-        return self.renderer(**args, **{k: v for k, v in options.items() if v is not None})
+    def _render(self, camera: CameraBatch, **options: Any) -> dict[str, Tensor]:
+        """Render a camera batch; `options` (None: left out) go to the material."""
+        return self.renderer(**render_inputs(camera), **{k: v for k, v in options.items() if v is not None})
 
     def render_orbit(self, orbit: dict, grad_frames: Optional[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Render the N orbit views; only `grad_frames` (None: all) with autograd.
@@ -125,8 +120,14 @@ class SV3DSystem(BaseLift3DSystem):
         return os.path.join(self.get_save_dir(), "sv3d_orbit")
 
     def on_fit_start(self) -> None:
+        # the prior loads when training starts (never for --test/--export), so errors come before any step
+        self.guidance.load_prior()
         if self.cfg.photometric_orbit:
             self.reference_orbit = self.load_or_sample_orbit()
+
+    def on_fit_end(self) -> None:
+        # testing and exporting after training do not need the prior's memory
+        self.guidance.prior.release()
 
     def load_or_sample_orbit(self) -> tuple[Tensor, Tensor]:
         """(frames (N, S, S, 3) on white, masks (N, S, S, 1)) of the SV3D orbit, sampled once per trial."""

@@ -100,11 +100,6 @@ def get_mvp_matrix(c2w: Tensor, proj: Tensor) -> Tensor:
     return proj @ torch.linalg.inv(c2w)
 
 
-def normalize_image(x: Tensor) -> Tensor:
-    """[-1, 1] -> [0, 1]."""
-    return (x.clamp(-1, 1) + 1) / 2
-
-
 def ray_starts(ray_indices: Tensor, n_rays: int) -> tuple[Tensor, Tensor]:
     """First packed index and sample count of each ray (ray_indices must be sorted)."""
     counts = torch.bincount(ray_indices, minlength=n_rays)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Iterator, Mapping, Union
 
 import torch
 
@@ -44,7 +44,10 @@ class MVDreamCheckpointError(ValueError):
 
 
 def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
-    """Read every tensor of an original-layout checkpoint; `.pt`/`.ckpt` are unpickled with `weights_only=True`."""
+    """The tensors of an original-layout checkpoint; `.pt`/`.ckpt` are unpickled with `weights_only=True`.
+
+    Both formats are read lazily (memory-mapped zip archives, `LazySafetensors`): a tensor's bytes are read
+    when it is used, so converting some components reads only theirs."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"MVDream checkpoint not found: '{path}'. {_DOWNLOAD_HINT}")
@@ -58,6 +61,10 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
         state = _read_safetensors(path, size)
     else:
         state = _read_torch(path, size)
+    if isinstance(state, LazySafetensors):  # safetensors hold tensors only
+        if not state:
+            raise MVDreamCheckpointError(f"'{path}' holds no tensors.")
+        return state  # type: ignore[return-value]
     if not isinstance(state, dict) or not state:
         raise MVDreamCheckpointError(f"'{path}' holds no state dict (got {type(state).__name__}).")
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
@@ -66,12 +73,41 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
     return tensors
 
 
+class LazySafetensors(Mapping):
+    """A read-only state dict of a .safetensors file that reads each tensor when it is looked up, so loading
+    only some components (e.g. the text encoder alone) reads only their bytes, as mmap does for .pt files."""
+
+    def __init__(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        self._path = str(path)
+        with safe_open(self._path, framework="pt", device="cpu") as f:
+            self._keys = list(f.keys())
+        self._key_set = set(self._keys)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._key_set:
+            raise KeyError(key)
+        from safetensors import safe_open
+
+        with safe_open(self._path, framework="pt", device="cpu") as f:
+            return f.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._key_set
+
+
 def _read_safetensors(path: Path, size: int) -> StateDict:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     try:
-        return load_file(str(path), device="cpu")
+        return LazySafetensors(path)  # type: ignore[return-value]
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise MVDreamCheckpointError(
             f"Cannot read '{path}' ({size} bytes) as safetensors: {exc}. The file is probably truncated or corrupt "
@@ -85,7 +121,8 @@ def _read_torch(path: Path, size: int) -> StateDict:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
         message = str(exc)
-        if "weights_only" in message or "Unsupported global" in message:
+        # a GLOBAL opcode names a Python callable; other weights-only failures (e.g. random bytes) are corruption
+        if "GLOBAL" in message or "Unsupported global" in message:
             raise MVDreamCheckpointError(
                 f"'{path}' contains pickled Python objects besides tensors, which are not loaded for safety "
                 "(torch.load(weights_only=True)). Re-save only its state dict, e.g. "

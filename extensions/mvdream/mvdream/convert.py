@@ -10,7 +10,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from diffusers.loaders.single_file_utils import (
@@ -43,22 +43,27 @@ CAMERA_TO_DIFFUSERS = {
 }
 
 
+COMPONENTS = ("unet", "vae", "text_encoder")
+
+
 @dataclass
 class ConvertedCheckpoint:
-    """Diffusers configs and state dicts for the three models, the schedule, and what was not loaded (and why)."""
+    """Diffusers configs and state dicts for the models that were asked for (None/empty for the others), the
+    schedule, and what was not loaded (and why)."""
 
-    unet_config: Dict[str, Any]
+    unet_config: Optional[Dict[str, Any]]
     unet_state: StateDict
-    vae_config: Dict[str, Any]
+    vae_config: Optional[Dict[str, Any]]
     vae_state: StateDict
-    text_spec: Dict[str, Any]
+    text_spec: Optional[Dict[str, Any]]
     text_state: StateDict
     schedule: Dict[str, Any]
     unused: Dict[str, str] = field(default_factory=dict)
 
 
 def _strip(state_dict: StateDict, prefix: str) -> StateDict:
-    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    # keys first: a lazy state dict reads only the tensors of this prefix
+    return {k[len(prefix) :]: state_dict[k] for k in state_dict if k.startswith(prefix)}
 
 
 def _check_count(component: str, n_source: int, converted: StateDict, expected: int) -> None:
@@ -100,7 +105,7 @@ def convert_vae(state_dict: StateDict, original_config: Dict[str, Any]) -> tuple
     config = create_vae_diffusers_config_from_ldm(patched, state_dict)
     config["sample_size"] = int(ddconfig.get("resolution") or 256)
     # Keep only this checkpoint's VAE keys: the helper picks its prefix by scanning for known ones.
-    source = {k: v for k, v in state_dict.items() if k.startswith(VAE_PREFIX)}
+    source = {k: state_dict[k] for k in state_dict if k.startswith(VAE_PREFIX)}
     converted = convert_ldm_vae_checkpoint(source, config)
     _check_count("VAE", len(source), converted, len(source))
     return config, converted
@@ -172,18 +177,33 @@ def check_schedule(state_dict: StateDict, model_params: Dict[str, Any]) -> Dict[
     return schedule
 
 
-def convert_checkpoint(state_dict: StateDict, original_config: Dict[str, Any]) -> ConvertedCheckpoint:
-    """Convert every component and account for every tensor; unknown leftovers are reported, not silently dropped."""
+def convert_checkpoint(state_dict: StateDict, original_config: Dict[str, Any],
+                       components: Sequence[str] = COMPONENTS) -> ConvertedCheckpoint:
+    """Convert the requested components and account for every tensor; unknown leftovers are reported, not
+    silently dropped. Tensors of components not asked for are neither read nor converted."""
+    unknown = [c for c in components if c not in COMPONENTS]
+    if unknown:
+        raise ValueError(f"unknown component(s) {unknown}; choose from {list(COMPONENTS)}")
     model_params = original_config["model"]["params"]
-    unet_config, unet_state = convert_unet(state_dict, original_config)
-    vae_config, vae_state = convert_vae(state_dict, original_config)
-    text_spec, text_state, unused = convert_text_encoder(state_dict, model_params.get("cond_stage_config"))
+    unet_config, unet_state = convert_unet(state_dict, original_config) if "unet" in components else (None, {})
+    vae_config, vae_state = convert_vae(state_dict, original_config) if "vae" in components else (None, {})
+    unused: Dict[str, str] = {}
+    text_spec, text_state = None, {}
+    if "text_encoder" in components:
+        text_spec, text_state, unused = convert_text_encoder(state_dict, model_params.get("cond_stage_config"))
     schedule = check_schedule(state_dict, model_params)
     for name in SCHEDULE_BUFFERS:
         if name in state_dict:
             unused[name] = "diffusion schedule buffer: recomputed by the DDIM scheduler (betas checked)"
+    prefixes = {"unet": (UNET_PREFIX,), "vae": (VAE_PREFIX,), "text_encoder": (OPEN_CLIP_PREFIX, HF_CLIP_PREFIX)}
+    skipped = tuple(p for c in COMPONENTS if c not in components for p in prefixes[c])
     known = (UNET_PREFIX, VAE_PREFIX, OPEN_CLIP_PREFIX, HF_CLIP_PREFIX)
-    leftovers: List[str] = [k for k in state_dict if not k.startswith(known) and k not in unused]
+    leftovers: List[str] = []
+    for key in state_dict:
+        if skipped and key.startswith(skipped):
+            unused[key] = "component not requested"
+        elif not key.startswith(known) and key not in unused:
+            leftovers.append(key)
     for key in leftovers:
         unused[key] = "not part of MVDream inference (unknown key)"
     if leftovers:

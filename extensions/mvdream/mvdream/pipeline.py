@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .camera import get_camera
 from .checkpoint import check_mvdream_layout, read_state_dict
-from .convert import ConvertedCheckpoint, convert_checkpoint
+from .convert import COMPONENTS, ConvertedCheckpoint, convert_checkpoint
 from .ldm_config import OriginalConfig, load_original_config
 from .sampling import ddim_sample, make_scheduler
 from .tokenizer import load_clip_tokenizer, tokenize
@@ -72,17 +72,20 @@ class MVDreamPipeline(DiffusionPipeline):
         original_config: OriginalConfig = None,
         require_camera: bool = True,
         torch_dtype: torch.dtype = torch.float32,
+        components: Sequence[str] = COMPONENTS,
     ) -> "MVDreamPipeline":
         """Load an original checkpoint (`sd-v2.1-base-4view.pt`, `sd-v1.5-4view.pt`, or the same as .ckpt/.safetensors).
 
         original_config: the LDM YAML (path, dict, or a shipped name); None picks the shipped one matching the text
         tower. Sizes the YAML gives are replaced by the tensor shapes, so smaller models of the same layout load.
         Offline: nothing is downloaded. require_camera=False loads plain SD checkpoints (no camera MLP).
+        components: the models to build, from ("unet", "vae", "text_encoder"); the others are None, and their
+        tensors are neither read (the file is memory-mapped) nor converted. Tokenizer and scheduler are always built.
         """
         state = read_state_dict(path)
         check_mvdream_layout(state, source=f"'{path}'", require_camera=require_camera)
         config = load_original_config(original_config, state)
-        converted = convert_checkpoint(state, config)
+        converted = convert_checkpoint(state, config, components)
         del state
         pipe = cls.from_converted(converted, torch_dtype=torch_dtype)
         # Keep the configs and the account of unused tensors, not the tensors (they would outlive a .to()).
@@ -91,10 +94,23 @@ class MVDreamPipeline(DiffusionPipeline):
 
     @classmethod
     def from_converted(cls, converted: ConvertedCheckpoint, torch_dtype: torch.dtype = torch.float32) -> "MVDreamPipeline":
-        """Assemble the pipeline from `convert.convert_checkpoint` output."""
-        unet = build_from_state(lambda: MultiViewUNet2DConditionModel(**converted.unet_config), converted.unet_state, torch_dtype)
-        vae = build_from_state(lambda: AutoencoderKL(**converted.vae_config), converted.vae_state, torch_dtype)
+        """Assemble the pipeline from `convert.convert_checkpoint` output (components it lacks are None)."""
+        unet = vae = text_encoder = None
+        if converted.unet_config is not None:
+            unet = build_from_state(lambda: MultiViewUNet2DConditionModel(**converted.unet_config),
+                                    converted.unet_state, torch_dtype)
+        if converted.vae_config is not None:
+            vae = build_from_state(lambda: AutoencoderKL(**converted.vae_config), converted.vae_state, torch_dtype)
         spec = converted.text_spec
+        if spec is not None:
+            text_encoder = cls._build_text_encoder(spec, converted.text_state, torch_dtype)
+        tokenizer = load_clip_tokenizer(model_max_length=spec["max_length"] if spec is not None else 77)
+        scheduler = make_scheduler(converted.schedule)
+        return cls(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+    @staticmethod
+    def _build_text_encoder(spec: Dict[str, Any], text_state: Dict[str, torch.Tensor],
+                            torch_dtype: torch.dtype) -> CLIPTextModel:
         text_config = CLIPTextConfig(
             vocab_size=spec["vocab_size"],
             hidden_size=spec["hidden_size"],
@@ -110,15 +126,11 @@ class MVDreamPipeline(DiffusionPipeline):
             # The id prompts are padded with (OpenCLIP: 0; OpenAI CLIP: <|endoftext|>); encode_prompt reads it here.
             pad_token_id=0 if spec["pad_token"] == "!" else 49407,
         )
-        text_state = converted.text_state
         with torch.device("meta"):
             flattened = not hasattr(CLIPTextModel(text_config), "text_model")
         if flattened:  # transformers >= 5.6 has no '.text_model' wrapper
             text_state = {k.removeprefix("text_model."): v for k, v in text_state.items()}
-        text_encoder = build_from_state(lambda: CLIPTextModel(text_config), text_state, torch_dtype)
-        tokenizer = load_clip_tokenizer(model_max_length=spec["max_length"])
-        scheduler = make_scheduler(converted.schedule)
-        return cls(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        return build_from_state(lambda: CLIPTextModel(text_config), text_state, torch_dtype)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs: Any) -> "MVDreamPipeline":

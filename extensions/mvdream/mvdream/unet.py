@@ -6,10 +6,9 @@ import functools
 from typing import Any, Dict, Optional, Union
 
 import torch
-from diffusers import UNet2DConditionModel
 # DiffusionPipeline.from_pretrained finds a custom component's loader by looking its base class up in the
 # component's module, so ModelMixin must be a name in this module.
-from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
+from diffusers import ModelMixin, UNet2DConditionModel  # noqa: F401
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from .attention import MultiViewAttnProcessor, PerViewAttnProcessor

@@ -147,3 +147,33 @@ def test_save_pretrained_round_trip(tmp_path, tiny_pipe, monkeypatch):
         b = tiny_pipe.unet(x, 300, encoder_hidden_states=ctx, camera=cam, num_views=4).sample
     assert torch.equal(a, b)
     assert loaded.scheduler.config.steps_offset == 1
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_only_the_requested_components_are_read_and_built(tmp_path, tiny_state, tiny_pipe, suffix, monkeypatch):
+    from mvdream import checkpoint as ckpt_module
+
+    path = write_checkpoint(tiny_state, tmp_path / f"tiny{suffix}")
+    read = []
+    if suffix == ".safetensors":
+        original = ckpt_module.LazySafetensors.__getitem__
+
+        def spy(self, key):
+            read.append(key)
+            return original(self, key)
+
+        monkeypatch.setattr(ckpt_module.LazySafetensors, "__getitem__", spy)
+    text_only = MVDreamPipeline.from_single_file(path, components=("text_encoder",))
+    assert text_only.unet is None and text_only.vae is None and text_only.text_encoder is not None
+    prompts = ["a cat", ""]
+    torch.testing.assert_close(text_only.encode_prompt(prompts), tiny_pipe.encode_prompt(prompts), rtol=0, atol=0)
+    if suffix == ".safetensors":  # the UNet's and the VAE's bytes were never read
+        assert read and not any(k.startswith(("model.diffusion_model.", "first_stage_model.")) for k in read)
+        assert any(k.startswith("cond_stage_model.") for k in read)
+    prior = MVDreamPipeline.from_single_file(path, components=("unet", "vae"))
+    assert prior.text_encoder is None
+    for name in ("unet", "vae"):
+        for (key, a), b in zip(getattr(prior, name).state_dict().items(), getattr(tiny_pipe, name).state_dict().values()):
+            assert torch.equal(a, b), f"{name}.{key}"
+    with pytest.raises(ValueError, match="unknown component"):
+        MVDreamPipeline.from_single_file(path, components=("unet", "text"))

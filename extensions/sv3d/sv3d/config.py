@@ -10,7 +10,7 @@ from typing import Dict, List, Mapping, Optional, Union
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-VERSIONS = ("sv3d_u", "sv3d_p", "svd", "svd_xt", "svd_image_decoder", "svd_xt_image_decoder")
+VERSIONS = ("sv3d_u", "sv3d_p", "svd", "svd_xt", "svd_image_decoder", "svd_xt_image_decoder", "svd_mv")
 
 # Sampling defaults of the reference script (scripts/sampling/simple_video_sample.py) per version.
 _DEFAULTS = {
@@ -20,10 +20,12 @@ _DEFAULTS = {
     "svd_image_decoder": dict(num_frames=14, num_steps=25, cond_aug=0.02),
     "svd_xt": dict(num_frames=25, num_steps=30, cond_aug=0.02),
     "svd_xt_image_decoder": dict(num_frames=25, num_steps=30, cond_aug=0.02),
+    # SVD-MV (king159/svd-mv validation): 25 steps, noise aug 0.02, 21 views
+    "svd_mv": dict(num_frames=21, num_steps=25, cond_aug=0.02),
 }
 
 # vector-conditioning width -> family, for checkpoints given without a config
-_FAMILY_BY_ADM = {256: "sv3d_u", 1280: "sv3d_p", 768: "svd"}
+_FAMILY_BY_ADM = {256: "sv3d_u", 1280: "sv3d_p", 768: "svd", 512: "svd_mv"}
 
 
 @dataclass
@@ -51,7 +53,9 @@ class ModelSpec:
 
     @property
     def family(self) -> str:
-        """sv3d_u | sv3d_p | svd (the svd_xt and image-decoder variants share the svd conditioning)."""
+        """sv3d_u | sv3d_p | svd | svd_mv (the svd_xt and image-decoder variants share the svd conditioning)."""
+        if "elevation_deg" in self.vector_keys:
+            return "svd_mv"
         if "polars_rad" in self.vector_keys:
             return "sv3d_p"
         if "fps_id" in self.vector_keys:
@@ -60,8 +64,8 @@ class ModelSpec:
 
 
 def family_of_version(version: str) -> str:
-    """sv3d_u | sv3d_p | svd."""
-    return version if version in ("sv3d_u", "sv3d_p") else "svd"
+    """sv3d_u | sv3d_p | svd | svd_mv."""
+    return version if version in ("sv3d_u", "sv3d_p", "svd_mv") else "svd"
 
 
 def shipped_config_path(version: str) -> str:
@@ -186,9 +190,13 @@ def detect_version(sd: Mapping[str, torch.Tensor], path: str = "") -> str:
         )
     adm = int(sd["model.diffusion_model.label_emb.0.0.weight"].shape[1])
     family = _FAMILY_BY_ADM.get(adm)
+    conv_in = sd.get("model.diffusion_model.input_blocks.0.0.weight")
+    if family == "svd_mv" and conv_in is not None and int(conv_in.shape[1]) != 8:
+        family = None  # a 512-wide vector with other input channels is not SVD-MV
     if family is None:
         raise ValueError(
-            f"{path or 'checkpoint'}: unknown vector-conditioning width {adm} (sv3d_u 256, sv3d_p 1280, svd 768); "
+            f"{path or 'checkpoint'}: unknown vector-conditioning width {adm} (sv3d_u 256, sv3d_p 1280, svd 768, "
+            "svd_mv 512 with 8 input channels); "
             "pass original_config=<the model's sgm YAML>"
         )
     if family != "svd":

@@ -209,3 +209,18 @@ def unet_config_from_network_params(
         "addition_time_embed_dims": tuple(widths),
         "num_frames": int(num_frames),
     }
+
+
+def video_unet_state_dict_from_diffusers(
+    diffusers_sd: Mapping[str, torch.Tensor], sgm_keys: Sequence[str]
+) -> Dict[str, torch.Tensor]:
+    """The inverse of `convert_video_unet_state_dict`: diffusers-named tensors back to the VideoUNet names
+    `sgm_keys` (without prefix) of a checkpoint with the same structure (e.g. the one fine-tuning started from).
+    Raises ValueError when the two sets of names do not correspond one to one."""
+    forward = convert_video_unet_state_dict({k: k for k in sgm_keys})  # sgm name -> diffusers name (values = sgm)
+    inverse = {new: old for new, old in forward.items()}
+    missing = sorted(set(inverse) - set(diffusers_sd))
+    extra = sorted(set(diffusers_sd) - set(inverse))
+    if missing or extra:
+        raise ValueError(f"the UNet does not match the reference layout: missing {missing[:5]}, unexpected {extra[:5]}")
+    return {inverse[k]: v for k, v in diffusers_sd.items()}

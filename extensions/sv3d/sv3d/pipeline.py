@@ -8,13 +8,15 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
 from PIL import Image
 
 from .cameras import orbit_azimuths_deg, sv3d_p_camera_ids
 from .checkpoint import load_checkpoint
 from .config import VERSIONS, ModelSpec, detect_version, family_of_version, shipped_config_path, spec_from_config
 from .loading import LoadReport, build_components
-from .preprocess import clip_preprocess, image_to_tensor, preprocess_orbit_image, preprocess_video_image
+from .preprocess import clip_preprocess, image_to_tensor, open_image, preprocess_orbit_image, preprocess_video_image
 from .sampling import (
     apply_guidance,
     edm_denoise,
@@ -26,7 +28,7 @@ from .sampling import (
 
 
 @dataclass
-class SV3DOutput:
+class SV3DOutput(BaseOutput):
     """frames (T, 3, H, W) in [0, 1]; latents (T, 4, h, w); cameras: per-frame elevation/azimuth in degrees
     (azimuth relative to the input view, which is the last frame) for the SV3D versions."""
 
@@ -37,14 +39,24 @@ class SV3DOutput:
     azimuths_deg: Optional[List[float]] = None
 
 
-class SV3DPipeline:
+class SV3DPipeline(DiffusionPipeline):
     """UNet (SV3DUNet), VAE (AutoencoderKL or AutoencoderKLTemporalDecoder), image encoder
-    (CLIPVisionModelWithProjection) and the sampling recipe of one SV3D/SVD version."""
+    (CLIPVisionModelWithProjection) and the sampling recipe of one SV3D/SVD version.
 
-    def __init__(self, unet, vae, image_encoder, spec: ModelSpec, load_report: Optional[LoadReport] = None):
-        self.unet = unet.eval()
-        self.vae = vae.eval()
-        self.image_encoder = image_encoder.eval()
+    A diffusers `DiffusionPipeline`: `components`, `enable_model_cpu_offload()`, progress bars and
+    `__call__(..., return_dict=False)` behave as in diffusers' own pipelines.
+    """
+
+    model_cpu_offload_seq = "image_encoder->unet->vae"
+
+    # (spec has a default only so that diffusers counts it as an option, not as a model component)
+    def __init__(self, unet, vae, image_encoder, spec: Optional[ModelSpec] = None,
+                 load_report: Optional[LoadReport] = None):
+        if spec is None:
+            raise ValueError("SV3DPipeline needs the version's ModelSpec (use SV3DPipeline.from_single_file)")
+        super().__init__()
+        self.register_modules(unet=unet.eval(), vae=vae.eval(), image_encoder=image_encoder.eval())
+        # the version's recipe (sizes, schedule, guider): plain attributes, not pipeline components
         self.spec = spec
         self.load_report = load_report
 
@@ -83,8 +95,16 @@ class SV3DPipeline:
             pipe.to(device, torch_dtype)
         return pipe
 
-    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "SV3DPipeline":
-        """Move to a device; `dtype` casts the UNet and the image encoder (the VAE stays float32)."""
+    def to(self, *args, **kwargs) -> "SV3DPipeline":
+        """Move to a device; a dtype casts the UNet and the image encoder (the VAE stays float32, as in the
+        original). Accepts diffusers' forms: to(device), to(dtype), to(device, dtype), keywords."""
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        kwargs.pop("silence_dtype_warnings", None)
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            elif arg is not None:
+                device = arg
         kw = {"device": device} if dtype is None else {"device": device, "dtype": dtype}
         self.unet.to(**kw)
         self.image_encoder.to(**kw)
@@ -94,6 +114,10 @@ class SV3DPipeline:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the execution device under model CPU offload, else the UNet's device."""
+        hook = getattr(self.unet, "_hf_hook", None)
+        if getattr(hook, "execution_device", None) is not None:
+            return torch.device(hook.execution_device)
         return next(self.unet.parameters()).device
 
     # ------------------------------------------------------------------ conditioning
@@ -118,8 +142,10 @@ class SV3DPipeline:
         azimuths_rad: Optional[Sequence[float]] = None,
         fps_id: float = 6,
         motion_bucket_id: float = 127,
+        elevations_deg: Optional[Sequence[float]] = None,
     ) -> torch.Tensor:
-        """(B, T, K) raw per-frame ids in config order (sv3d_p: cond_aug, polar, azimuth)."""
+        """(B, T, K) raw per-frame ids in config order (sv3d_p: cond_aug, polar, azimuth; svd_mv: cond_aug,
+        elevation in degrees)."""
         per_key: Dict[str, torch.Tensor] = {
             "cond_aug": torch.full((num_frames,), float(cond_aug)),
             "fps_id": torch.full((num_frames,), float(fps_id)),
@@ -129,6 +155,8 @@ class SV3DPipeline:
             per_key["polars_rad"] = torch.as_tensor(polars_rad, dtype=torch.float32).reshape(num_frames)
         if azimuths_rad is not None:
             per_key["azimuths_rad"] = torch.as_tensor(azimuths_rad, dtype=torch.float32).reshape(num_frames)
+        if elevations_deg is not None:
+            per_key["elevation_deg"] = torch.as_tensor(elevations_deg, dtype=torch.float32).reshape(num_frames)
         missing = [k for k in self.spec.vector_keys if k not in per_key]
         if missing:
             raise ValueError(f"{self.spec.version} needs per-frame {missing} (e.g. from sv3d.cameras.sv3d_p_camera_ids)")
@@ -149,6 +177,26 @@ class SV3DPipeline:
         if concat.dim() == 4:
             concat = concat[:, None].expand(-1, x.shape[1], -1, -1, -1)
         return edm_denoise(self.unet, x, sigma, concat, context, ids)
+
+    def guided_denoise(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        concat: torch.Tensor,
+        context: torch.Tensor,
+        ids: torch.Tensor,
+        scales: torch.Tensor,
+    ) -> torch.Tensor:
+        """Classifier-free-guided D(x; sigma) of B videos in one UNet batch of 2B (unconditional half first, with
+        the CLIP embedding and the condition latents zeroed, as the original guider). x (B, T, 4, h, w); sigma (B,);
+        concat (B, 4, h, w) or (B, T, 4, h, w); context (B, 1, D); ids (B, T, K); scales (T,) per-frame CFG."""
+        if concat.dim() == 4:
+            concat = concat[:, None].expand(-1, x.shape[1], -1, -1, -1)
+        concat2 = torch.cat([torch.zeros_like(concat), concat])
+        context2 = torch.cat([torch.zeros_like(context), context])
+        d = edm_denoise(self.unet, torch.cat([x, x]), torch.cat([sigma, sigma]), concat2, context2, torch.cat([ids, ids]))
+        uncond, cond = d.chunk(2)
+        return apply_guidance(uncond, cond, scales)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, decoding_t: int = 14) -> torch.Tensor:
@@ -188,8 +236,15 @@ class SV3DPipeline:
         image_size: int = 576,
         preprocess: bool = True,
         callback=None,
-    ) -> SV3DOutput:
-        """One image -> one video (SVD) or one 21-view orbit (SV3D) whose last frame is the input view."""
+        return_dict: bool = True,
+        last_azimuth_full_turn: bool = False,
+    ) -> Union[SV3DOutput, tuple]:
+        """One image -> one video (SVD) or one 21-view orbit (SV3D: the last frame is the input view; SVD-MV: the
+        first frame is at the input view).
+
+        `callback(step, latents, denoised)` runs after every Euler step. return_dict=False returns the tuple
+        (frames, latents) instead of an `SV3DOutput`. `last_azimuth_full_turn` (sv3d_p): the input view's azimuth
+        id is 2*pi instead of 0, as Diffusion² samples its reference orbit."""
         spec = self.spec
         sv3d = spec.family != "svd"
         num_frames = spec.num_frames if num_frames is None else int(num_frames)
@@ -206,36 +261,38 @@ class SV3DPipeline:
         polars = azims = None
         if sv3d:
             elevs = [float(e) for e in np.broadcast_to(np.asarray(elevations_deg, dtype=np.float64), (num_frames,))]
+        if spec.family == "svd_mv":
+            # SVD-MV's orbit starts at the input view: frame i at i * 360 / T degrees
+            azs = [float(a) for a in np.linspace(0, 360, num_frames + 1)[:-1]] if azimuths_deg is None else [float(a) for a in azimuths_deg]
+        elif sv3d:
             az = orbit_azimuths_deg(num_frames) if azimuths_deg is None else np.asarray(azimuths_deg, dtype=np.float64)
-            cams = sv3d_p_camera_ids(elevs, az, num_frames)
-            azs = [float(np.degrees(a)) for a in cams[:, 1]]
+            cams = sv3d_p_camera_ids(elevs, az, num_frames, last_azimuth_full_turn)
+            azs = [float(np.degrees(a)) for a in cams[:-1, 1]] + [0.0]  # the last frame is the input view
             if spec.family == "sv3d_p":
                 polars, azims = cams[:, 0], cams[:, 1]
-        ids = self.added_time_ids(num_frames, cond_aug, 1, polars, azims, fps_id, motion_bucket_id)
+        ids = self.added_time_ids(num_frames, cond_aug, 1, polars, azims, fps_id, motion_bucket_id,
+                                  elevs if spec.family == "svd_mv" else None)
         scales = self.guidance_scales(num_frames, min_scale, max_scale).to(self.device)
         h, w = concat.shape[-2:]
         noise = torch.randn((1, num_frames, concat.shape[1], h, w), generator=gen).to(self.device)
-        concat_t = concat[:, None].expand(-1, num_frames, -1, -1, -1)
-        concat2 = torch.cat([torch.zeros_like(concat_t), concat_t])
-        context2 = torch.cat([torch.zeros_like(context), context])
-        ids2 = torch.cat([ids, ids])
 
         def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            d = edm_denoise(self.unet, torch.cat([x, x]), torch.cat([sigma, sigma]), concat2, context2, ids2)
-            uncond, cond = d.chunk(2)
-            return apply_guidance(uncond, cond, scales)
+            return self.guided_denoise(x, sigma, concat, context, ids, scales)
 
         sigmas = edm_sigmas(num_steps, spec.sigma_min, spec.sigma_max, spec.rho).to(self.device)
         latents = euler_sample(guided, noise, sigmas, callback)[0]
         frames = self.decode_latents(latents, decoding_t)
-        if sv3d:
+        if sv3d and spec.family != "svd_mv":  # SV3D orbits end on the input view; SVD-MV keeps its frame 0
             frames[-1:] = x_img.to(frames.dtype)
         frames = ((frames + 1.0) / 2.0).clamp(0.0, 1.0)
+        self.maybe_free_model_hooks()  # after model CPU offload, as diffusers' pipelines do
+        if not return_dict:
+            return frames.cpu(), latents.cpu()
         return SV3DOutput(frames=frames.cpu(), latents=latents.cpu(), input_image=pil, elevations_deg=elevs, azimuths_deg=azs)
 
 
 def _as_pil(image) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    return Image.open(image).convert("RGB")
+    return open_image(image).convert("RGB")
 

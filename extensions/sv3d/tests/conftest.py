@@ -62,3 +62,22 @@ def rgba_object(tmp_path_factory):
     path = tmp_path_factory.mktemp("sv3d_img") / "object.png"
     Image.fromarray(arr).save(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_svd_xt(tmp_path_factory):
+    """A tiny random SVD-xt checkpoint (the SVD-MV source), written once per session."""
+    path = tmp_path_factory.mktemp("sv3d_train_src") / "tiny_svd_xt.safetensors"
+    with one_thread():
+        write_tiny_checkpoint(str(path), "svd_xt", seed=2)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def dummy_orbits(tmp_path_factory):
+    """Two rendered objects x 8 views (32 px) in the SVD-MV reference layout; returns the image root."""
+    from sv3d.training.dummy_data import write_svd_meta_dataset
+
+    root = tmp_path_factory.mktemp("sv3d_dummy_orbits")
+    write_svd_meta_dataset(str(root), num_objects=2, num_views=8, size=32)
+    return str(root)

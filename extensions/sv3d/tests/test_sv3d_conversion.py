@@ -119,8 +119,8 @@ def test_wrong_family_sd_layout_and_unknown_width(tmp_path):
     with pytest.raises(ValueError, match="Stable Diffusion"):
         SV3DPipeline.from_single_file(str(path))
     sd = {k: torch.zeros(s) for k, s in sgm_checkpoint_shapes("sv3d_u").items()}
-    sd["model.diffusion_model.label_emb.0.0.weight"] = torch.zeros(128, 512)
-    with pytest.raises(ValueError, match="unknown vector-conditioning width 512"):
+    sd["model.diffusion_model.label_emb.0.0.weight"] = torch.zeros(128, 640)
+    with pytest.raises(ValueError, match="unknown vector-conditioning width 640"):
         detect_version(sd, "x.safetensors")
 
 

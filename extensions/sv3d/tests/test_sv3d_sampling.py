@@ -74,6 +74,8 @@ def test_orbit_azimuths_and_sv3d_p_ids():
     rel = sv3d_p_camera_ids([0, 30, 60], [100.0, 190.0, 40.0], 3)  # azimuths relative to the last (input) view
     assert torch.allclose(rel[:, 1], torch.tensor(np.radians([60.0, 150.0, 0.0]), dtype=torch.float32))
     assert torch.allclose(rel[:, 0], torch.tensor(np.radians([90.0, 60.0, 30.0]), dtype=torch.float32))
+    full = sv3d_p_camera_ids(10.0, None, 21, last_azimuth_full_turn=True)  # Diffusion²'s id of the input view
+    assert full[-1, 1].item() == pytest.approx(2 * math.pi) and torch.equal(full[:-1], ids[:-1])
     with pytest.raises(ValueError, match="list of 3 values for elevations_deg"):
         sv3d_p_camera_ids([1.0, 2.0], None, 3)
 
@@ -113,3 +115,43 @@ def test_sv3d_p_sampling_follows_the_cameras(tiny_pipes, rgba_object):
     b = pipe(rgba_object, azimuths_deg=[60.0, 240.0, 0.0], **kw)
     assert not torch.equal(a.latents, b.latents)
     assert a.azimuths_deg == pytest.approx([120.0, 240.0, 0.0])
+
+
+def test_pipeline_is_a_diffusers_pipeline(tiny_pipes, rgba_object):
+    from diffusers import DiffusionPipeline
+
+    pipe = tiny_pipes("sv3d_u")
+    assert isinstance(pipe, DiffusionPipeline)
+    assert set(pipe.components) == {"unet", "vae", "image_encoder"}
+    assert pipe.spec.family == "sv3d_u" and pipe.device == torch.device("cpu")
+    kw = dict(num_frames=3, num_steps=2, seed=3, image_size=IMAGE, decoding_t=2)
+    steps = []
+    out = pipe(rgba_object, callback=lambda i, x, denoised: steps.append((i, tuple(x.shape))), **kw)
+    assert [i for i, _ in steps] == [0, 1] and steps[0][1] == (1, 3, 4, IMAGE // 8, IMAGE // 8)
+    frames, latents = pipe(rgba_object, return_dict=False, **kw)
+    assert torch.equal(frames, out.frames) and torch.equal(latents, out.latents)
+    assert torch.equal(out["frames"], out.frames) and out.to_tuple()[0] is out.frames
+    # diffusers' forms of to(): a dtype casts the UNet and the image encoder, the VAE stays float32
+    pipe.to(torch.float64)
+    try:
+        assert pipe.unet.dtype == torch.float64 and pipe.image_encoder.dtype == torch.float64
+        assert pipe.vae.dtype == torch.float32
+    finally:
+        pipe.to("cpu", torch.float32)
+    assert pipe.unet.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="model CPU offload needs a CUDA device")
+def test_model_cpu_offload_gives_the_same_orbit(tiny_pipes, rgba_object):
+    pipe = tiny_pipes("sv3d_p")
+    kw = dict(num_frames=3, num_steps=2, seed=3, image_size=IMAGE, decoding_t=2)
+    reference = pipe.to("cuda")(rgba_object, **kw)
+    pipe.to("cpu")
+    pipe.enable_model_cpu_offload()
+    try:
+        offloaded = pipe(rgba_object, **kw)
+        assert pipe.unet.device.type == "cpu"  # back on the CPU after the call
+    finally:
+        pipe.remove_all_hooks()
+        pipe.to("cpu")
+    torch.testing.assert_close(offloaded.latents, reference.latents, rtol=1e-4, atol=1e-4)

@@ -1,8 +1,15 @@
-"""Density field -> triangle mesh: sampling the grid, marching cubes, floater removal, decimation."""
+"""Density field -> triangle mesh: the project's one mesh extraction path.
+
+Sampling the field on a grid, the threshold ("auto" = Otsu split of the log-density histogram),
+cavity filling, marching cubes (closed, outward-facing), floater removal and decimation. The mesh
+exporter, `BaseImplicitGeometry.isosurface()` and `extract_color_mesh.py` all go through
+`extract_isosurface`.
+"""
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -16,22 +23,61 @@ class ExportError(ValueError):
     """The field cannot be turned into a mesh (e.g. nothing above the isosurface threshold)."""
 
 
-def grid_coordinates(resolution: int, radius: float) -> Tensor:
-    """(R,) sample positions along one axis: R points from -radius to radius inclusive."""
-    return torch.linspace(-radius, radius, resolution)
+Bounds = Union[float, Tensor, np.ndarray]
+
+
+def box_bounds(bounds: Bounds) -> np.ndarray:
+    """(2, 3) float64 [min corner, max corner]: a float r means the cube [-r, r]^3."""
+    if isinstance(bounds, (int, float)):
+        r = float(bounds)
+        return np.array([[-r, -r, -r], [r, r, r]], dtype=np.float64)
+    box = (bounds.detach().cpu().numpy() if isinstance(bounds, Tensor) else np.asarray(bounds)).astype(np.float64)
+    if box.shape != (2, 3) or not (box[1] > box[0]).all():
+        raise ValueError(f"bounds must be a radius or a (2, 3) box [min, max] with min < max, got {box.tolist()}.")
+    return box
+
+
+@dataclass
+class IsosurfaceMesh:
+    """Triangle mesh in world coordinates: `vertices` (V, 3) float32, `faces` (F, 3) int64, counter-clockwise
+    seen from outside; `extras` holds e.g. the threshold used."""
+
+    vertices: Tensor
+    faces: Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    # threestudio's Mesh attribute names
+    @property
+    def v_pos(self) -> Tensor:
+        return self.vertices
+
+    @property
+    def t_pos_idx(self) -> Tensor:
+        return self.faces
+
+    def face_normals(self) -> Tensor:
+        """(F, 3) unit normals, pointing outwards."""
+        v = self.vertices[self.faces]
+        n = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
+        return torch.nn.functional.normalize(n, dim=-1)
 
 
 @torch.no_grad()
-def sample_density_grid(density_fn: Callable[[Tensor], Tensor], resolution: int, radius: float,
+def sample_density_grid(density_fn: Callable[[Tensor], Tensor], resolution: int, bounds: Bounds,
                         chunk: int = 262144, device: Optional[torch.device] = None) -> np.ndarray:
-    """(R,R,R) float32 density at the grid points (index order x, y, z), evaluated in chunks."""
-    axis = grid_coordinates(resolution, radius)
+    """(R,R,R) float32 field at the vertices of a grid spanning `bounds`, evaluated in chunks.
+
+    Index order (x, y, z): `grid[i, j, k]` is at `lo + (i, j, k) / (R - 1) * (hi - lo)`."""
+    if resolution < 2:
+        raise ValueError(f"The grid resolution must be at least 2, got {resolution}.")
+    box = box_bounds(bounds)
+    axes = [torch.linspace(float(box[0, d]), float(box[1, d]), resolution) for d in range(3)]
     out = np.empty(resolution ** 3, dtype=np.float32)
     # one x-slab of points at a time keeps memory at O(R^2) besides the result
-    slabs = max(1, chunk // (resolution * resolution))
-    yy, zz = torch.meshgrid(axis, axis, indexing="ij")
+    slabs = max(1, chunk // (resolution * resolution)) if chunk > 0 else max(1, (1 << 18) // resolution ** 2)
+    yy, zz = torch.meshgrid(axes[1], axes[2], indexing="ij")
     for x0 in range(0, resolution, slabs):
-        xs = axis[x0:x0 + slabs]
+        xs = axes[0][x0:x0 + slabs]
         pts = torch.stack([xs[:, None, None].expand(-1, resolution, resolution),
                            yy[None].expand(len(xs), -1, -1), zz[None].expand(len(xs), -1, -1)], dim=-1)
         pts = pts.reshape(-1, 3)
@@ -81,9 +127,10 @@ def fill_cavities(grid: np.ndarray, threshold: float) -> np.ndarray:
     return out
 
 
-def marching_cubes(grid: np.ndarray, threshold: float, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Isosurface of `grid` (values > threshold are inside) in world coordinates, outward-facing triangles.
-    The grid is padded with empty space, so the surface is closed even where the object touches the box."""
+def marching_cubes(grid: np.ndarray, threshold: float, bounds: Bounds) -> tuple[np.ndarray, np.ndarray]:
+    """Isosurface of `grid` (values > threshold are inside; sampled as in `sample_density_grid`) in world
+    coordinates: vertices (V, 3) float32, outward-facing faces (F, 3) int64. The grid is padded with empty
+    space, so the surface is closed even where the object touches the box."""
     import mcubes
 
     finite = grid[np.isfinite(grid)]
@@ -97,14 +144,28 @@ def marching_cubes(grid: np.ndarray, threshold: float, radius: float) -> tuple[n
     low = min(float(finite.min()), threshold) - 1.0
     padded = np.pad(np.nan_to_num(grid, nan=low), 1, mode="constant", constant_values=low)
     vertices, faces = mcubes.marching_cubes(padded.astype(np.float64), float(threshold))
-    resolution = grid.shape[0]
-    vertices = (vertices - 1.0) * (2.0 * radius / (resolution - 1)) - radius
+    box = box_bounds(bounds)
+    vertices = (vertices - 1.0) / (np.array(grid.shape, dtype=np.float64) - 1.0) * (box[1] - box[0]) + box[0]
     faces = faces.astype(np.int64)
     mesh = trimesh.Trimesh(vertices, faces, process=False)
     # PyMCubes' winding depends on whether inside is above or below the level: make normals point outwards
     if mesh.volume < 0:
         faces = faces[:, ::-1].copy()
     return vertices.astype(np.float32), faces
+
+
+def extract_isosurface(density_fn: Callable[[Tensor], Tensor], resolution: int, threshold: Union[float, str],
+                       bounds: Bounds, chunk: int = 262144, device: Optional[torch.device] = None,
+                       cavities: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
+    """Sample `density_fn` ((N, 3) -> (N, 1)) on the grid, resolve the threshold (a level or "auto"),
+    optionally fill enclosed cavities, run marching cubes. Returns vertices (V, 3), faces (F, 3), level."""
+    grid = sample_density_grid(density_fn, resolution, bounds, chunk, device)
+    level = resolve_threshold(grid, threshold)
+    if cavities:
+        grid = fill_cavities(grid, level)
+    vertices, faces = marching_cubes(grid, level, bounds)
+    logger.info("marching cubes at %.4g: %d vertices, %d faces", level, len(vertices), len(faces))
+    return vertices, faces, level
 
 
 def remove_floaters(vertices: np.ndarray, faces: np.ndarray, min_fraction: float) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-# z-up world (DESIGN.md §3) -> glTF's y-up: (x, y, z) -> (x, z, -y)
+# z-up world (docs/architecture.md §3) -> glTF's y-up: (x, y, z) -> (x, z, -y)
 Z_UP_TO_Y_UP = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
 UP_AXES = ("y", "z")
 

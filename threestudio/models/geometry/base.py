@@ -1,24 +1,26 @@
 """Geometry bases: a field in the box [-radius, radius]^3 that renderers and exporters query.
 
-Contract (DESIGN.md §4): `forward(points (..., 3), output_normal=False)` returns
+Contract (docs/architecture.md): `forward(points (..., 3), output_normal=False)` returns
 `{"density" (..., 1), "features" (..., C)[, "normal", "shading_normal" (..., 3)]}` for world-space
 points; `forward_density(points) -> (..., 1)`; `density_grid(resolution)` samples the field on a
-dense grid; `isosurface()` extracts a mesh; `export(points)` returns the features at surface points.
+dense grid; `isosurface()` extracts a mesh (through the one extraction path,
+`threestudio.models.exporters.isosurface`); `export(points)` returns the features at surface points.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
-from threestudio.models.geometry.isosurface import IsosurfaceMesh, marching_cubes, sample_grid
+from threestudio.models.exporters.isosurface import (
+    IsosurfaceMesh,
+    extract_isosurface,
+    remove_floaters,
+    sample_density_grid,
+)
 from threestudio.utils.base import BaseModule
 from threestudio.utils.config import ConfigError
-
-logger = logging.getLogger(__name__)
-
 
 def contract_to_unit_cube(x: torch.Tensor, bbox: torch.Tensor) -> torch.Tensor:
     """World points in bbox (2, 3) -> [0, 1]^3 (the hash grid's input range)."""
@@ -48,12 +50,14 @@ class BaseImplicitGeometry(BaseGeometry):
         isosurface: bool = True
         isosurface_method: str = "mc"
         isosurface_resolution: int = 128
-        # a number, or "auto" (mean of the field where it is positive)
+        # a density level, or "auto" (Otsu split of the log-density histogram, as the mesh exporter)
         isosurface_threshold: Any = 0.0
         isosurface_chunk: int = 0
         isosurface_coarse_to_fine: bool = False
+        # fill empty pockets enclosed by the object before marching cubes (the exporter's fill_cavities)
+        isosurface_fill_cavities: bool = False
         isosurface_remove_outliers: bool = False
-        # a fraction of all faces if < 1, else a face count
+        # components with less than this fraction of the largest component's area are outliers
         isosurface_outlier_n_faces_threshold: float = 0.01
 
     cfg: Config
@@ -88,42 +92,31 @@ class BaseImplicitGeometry(BaseGeometry):
     @torch.no_grad()
     def density_grid(self, resolution: Optional[int] = None, chunk: Optional[int] = None,
                      bbox: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The field at the resolution^3 vertices of a grid spanning bbox (default: the geometry's box).
+        """(R, R, R) field at the vertices of a grid spanning bbox (default: the geometry's box).
 
         Index order (x, y, z): `grid[i, j, k]` is at `bbox[0] + (i, j, k) / (R - 1) * (bbox[1] - bbox[0])`.
         """
         resolution = resolution or self.cfg.isosurface_resolution
         chunk = self.cfg.isosurface_chunk if chunk is None else chunk
-        bbox = self.bbox if bbox is None else bbox.to(self.bbox)
-        return sample_grid(lambda p: self.forward_field(p)[0], resolution, bbox, chunk, self.bbox.device)
-
-    def _resolve_threshold(self, grid: torch.Tensor) -> float:
-        if self.cfg.isosurface_threshold == "auto":
-            positive = grid[grid > 1e-5]
-            if positive.numel() == 0:
-                raise RuntimeError("isosurface_threshold='auto' found no positive field values: the field is empty.")
-            value = float(positive.mean())
-            logger.info("Automatically determined isosurface threshold: %f", value)
-            return value
-        return float(self.cfg.isosurface_threshold)
+        bbox = self.bbox if bbox is None else bbox
+        grid = sample_density_grid(lambda p: self.forward_field(p)[0], resolution, bbox, chunk, self.bbox.device)
+        return torch.from_numpy(grid)
 
     @torch.no_grad()
     def _isosurface(self, bbox: torch.Tensor) -> IsosurfaceMesh:
-        grid = self.density_grid(self.cfg.isosurface_resolution, self.cfg.isosurface_chunk, bbox)
-        threshold = self._resolve_threshold(grid)
-        mesh = marching_cubes(grid, threshold, bbox)
-        if mesh.faces.shape[0] == 0:
-            raise RuntimeError(
-                f"The isosurface at threshold {threshold} is empty (field range "
-                f"[{float(grid.min()):.4g}, {float(grid.max()):.4g}]). Lower {self.config_path}.isosurface_threshold."
-            )
+        vertices, faces, level = extract_isosurface(
+            lambda p: self.forward_field(p)[0], self.cfg.isosurface_resolution, self.cfg.isosurface_threshold,
+            bbox, self.cfg.isosurface_chunk, self.bbox.device, cavities=self.cfg.isosurface_fill_cavities)
         if self.cfg.isosurface_remove_outliers:
-            mesh = mesh.remove_small_components(self.cfg.isosurface_outlier_n_faces_threshold)
-        return mesh
+            vertices, faces = remove_floaters(vertices, faces, self.cfg.isosurface_outlier_n_faces_threshold)
+        return IsosurfaceMesh(torch.from_numpy(vertices), torch.from_numpy(faces),
+                              {"threshold": level, "bbox": torch.as_tensor(bbox).detach().cpu().float()})
 
     @torch.no_grad()
     def isosurface(self) -> IsosurfaceMesh:
-        """Marching-cubes mesh of the field at `isosurface_threshold`, in world coordinates."""
+        """Marching-cubes mesh of the field at `isosurface_threshold`, in world coordinates (CPU tensors).
+
+        Raises ExportError (a ValueError) naming the field's range when the level set is empty."""
         if not self.cfg.isosurface:
             raise RuntimeError(f"Isosurface extraction is disabled: set {self.config_path}.isosurface=true.")
         mesh = self._isosurface(self.bbox)
@@ -131,6 +124,6 @@ class BaseImplicitGeometry(BaseGeometry):
             vmin, vmax = mesh.vertices.amin(dim=0), mesh.vertices.amax(dim=0)
             margin = (vmax - vmin) * 0.1
             bbox = torch.stack([(vmin - margin).maximum(self.bbox[0].cpu()),
-                                (vmax + margin).minimum(self.bbox[1].cpu())]).to(self.bbox)
+                                (vmax + margin).minimum(self.bbox[1].cpu())])
             mesh = self._isosurface(bbox)
         return mesh

@@ -76,14 +76,18 @@ class ImplicitVolume(BaseImplicitGeometry):
         except ValueError as e:
             raise ConfigError(f"{self.config_path}.density_activation: {e}") from None
         try:
-            self.encoding = get_encoding(self.cfg.n_input_dims, self.cfg.pos_encoding_config)
-            self.density_network = get_mlp(self.encoding.n_output_dims, 1, self.cfg.mlp_network_config)
+            mlp_key = f"{self.config_path}.mlp_network_config"
+            self.encoding = get_encoding(self.cfg.n_input_dims, self.cfg.pos_encoding_config,
+                                         f"{self.config_path}.pos_encoding_config")
+            self.density_network = get_mlp(self.encoding.n_output_dims, 1, self.cfg.mlp_network_config, mlp_key)
             if self.cfg.n_feature_dims > 0:
                 self.feature_network = get_mlp(
-                    self.encoding.n_output_dims, self.cfg.n_feature_dims, self.cfg.mlp_network_config
+                    self.encoding.n_output_dims, self.cfg.n_feature_dims, self.cfg.mlp_network_config, mlp_key
                 )
             if self.cfg.normal_type == "pred":
-                self.normal_network = get_mlp(self.encoding.n_output_dims, 3, self.cfg.mlp_network_config)
+                self.normal_network = get_mlp(self.encoding.n_output_dims, 3, self.cfg.mlp_network_config, mlp_key)
+        except ConfigError:
+            raise
         except (ValueError, TypeError) as e:
             raise ConfigError(f"{self.config_path}: {e}") from None
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 import threestudio
+from threestudio.models.guidance.frozen_prior import FrozenPrior
 from threestudio.utils.base import BaseModule
 from threestudio.utils.config import ConfigError
-from threestudio.utils.schedule import C
+from threestudio.utils.schedule import C, validate_schedule
 
 if TYPE_CHECKING:
     from threestudio.models.prompt_processors.base import PromptProcessorOutput
@@ -44,13 +45,21 @@ def resolve_mvdream_checkpoint(path: Optional[str], key: str) -> str:
     return path
 
 
-def load_mvdream_pipeline(path: str, original_config: Optional[str], dtype: torch.dtype) -> Any:
-    """MVDreamPipeline from an original checkpoint file or a save_pretrained folder (offline)."""
+MVDREAM_COMPONENTS = ("unet", "vae", "text_encoder")
+
+
+def load_mvdream_pipeline(path: str, original_config: Optional[str], dtype: torch.dtype,
+                          components: Sequence[str] = MVDREAM_COMPONENTS) -> Any:
+    """MVDreamPipeline from an original checkpoint file or a save_pretrained folder (offline), with only the
+    models in `components` (the others are None; tokenizer and scheduler are always there)."""
     from mvdream import MVDreamPipeline  # heavy (diffusers, transformers): imported only when needed
 
     if os.path.isdir(path):
-        return MVDreamPipeline.from_pretrained(path, torch_dtype=dtype)
-    return MVDreamPipeline.from_single_file(path, original_config=original_config, torch_dtype=dtype)
+        # diffusers skips a component passed as None
+        skipped = {name: None for name in MVDREAM_COMPONENTS if name not in components}
+        return MVDreamPipeline.from_pretrained(path, torch_dtype=dtype, **skipped)
+    return MVDreamPipeline.from_single_file(path, original_config=original_config, torch_dtype=dtype,
+                                            components=components)
 
 
 @threestudio.register("mvdream-multiview-diffusion-guidance")
@@ -58,8 +67,9 @@ class MVDreamMultiviewDiffusionGuidance(BaseModule):
     """Frozen MVDream UNet + VAE. `forward(rgb, prompt_utils, c2w)` -> {"loss_sds", "grad_norm", "timestep"}.
 
     The batch must be grouped object by object: rows k*n_view .. k*n_view+n_view-1 are the views of
-    object k (what `random-multiview-camera-datamodule` gives). Weights are fp16 on CUDA
-    (`half_precision_weights`), fp32 on CPU.
+    object k (what `random-multiview-camera-datamodule` gives). The prior (UNet and VAE only; the
+    text encoder belongs to the prompt processor) sits in a `FrozenPrior`: loaded on first use (or
+    `load_prior()`), outside the module tree. Weights are fp16 on CUDA (`half_precision_weights`), fp32 on CPU.
     """
 
     @dataclass
@@ -102,53 +112,82 @@ class MVDreamMultiviewDiffusionGuidance(BaseModule):
             raise ConfigError(f"guidance.recon_std_rescale must be in [0, 1], got {cfg.recon_std_rescale}.")
         if cfg.n_view < 1:
             raise ConfigError(f"guidance.n_view must be positive, got {cfg.n_view}.")
+        for key in ("min_step_percent", "max_step_percent") + (("grad_clip",) if cfg.grad_clip is not None else ()):
+            validate_schedule(getattr(cfg, key), f"system.guidance.{key}")
         self.weights_dtype = (
             torch.float16 if torch.cuda.is_available() and cfg.half_precision_weights else torch.float32)
+        # nothing is read here: --test/--export never need the checkpoint, training loads it at fit start
+        self.prior: FrozenPrior = FrozenPrior(self._load_prior, name="MVDream UNet + VAE")
+        self._alphas_cumprod: Optional[Tensor] = None
+        self.do_update_step(0, 0)
+
+    def resolve_checkpoint(self) -> str:
+        key = "system.guidance.pretrained_model_name_or_path"
+        path = self.cfg.pretrained_model_name_or_path
+        if path is None and self.cfg.ckpt_path is not None:
+            key, path = "system.guidance.ckpt_path", self.cfg.ckpt_path
+        return resolve_mvdream_checkpoint(path, key)
+
+    def load_pipeline(self) -> Any:
+        """The MVDreamPipeline of the checkpoint with its UNet and VAE (no text encoder)."""
+        path = self.resolve_checkpoint()
+        logger.info("Loading MVDream from %s (%s)", path, self.weights_dtype)
+        return load_mvdream_pipeline(path, self.cfg.original_config, self.weights_dtype, components=("unet", "vae"))
+
+    def _load_prior(self, device: torch.device) -> Any:
         pipe = self.load_pipeline()
         if pipe.unet.camera_dim is None:
-            raise ValueError("The checkpoint has no camera MLP: it is a plain Stable Diffusion model, not MVDream.")
+            raise ConfigError("system.guidance.pretrained_model_name_or_path: the checkpoint has no camera MLP: it is a plain Stable Diffusion model, not MVDream.")
         prediction = pipe.scheduler.config.prediction_type
         if prediction != "epsilon":
-            raise ValueError(f"MVDream guidance expects an eps-prediction model; the checkpoint predicts '{prediction}'.")
+            raise ConfigError(f"system.guidance.pretrained_model_name_or_path: MVDream guidance expects an eps-prediction model; the checkpoint predicts '{prediction}'.")
         factor = pipe.vae_scale_factor
-        if cfg.image_size % factor:
-            raise ConfigError(f"guidance.image_size ({cfg.image_size}) must be a multiple of the VAE factor {factor}.")
-        # only the UNet and the VAE are kept; the text encoder belongs to the prompt processor
-        self.unet = pipe.unet
-        self.vae = pipe.vae
-        self.vae_scale = float(pipe.vae.config.scaling_factor)
-        self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
-        self.register_buffer("alphas_cumprod", self.training_alphas_cumprod(pipe.scheduler.config), persistent=False)
-        del pipe
-        for p in self.parameters():
-            p.requires_grad_(False)
-        if cfg.gradient_checkpointing:
-            self.vae.enable_gradient_checkpointing()
-        self.eval()
-        self.do_update_step(0, 0)
+        if self.cfg.image_size % factor:
+            raise ConfigError(f"guidance.image_size ({self.cfg.image_size}) must be a multiple of the VAE factor {factor}.")
+        pipe.unet.to(device)
+        pipe.vae.to(device)
+        if self.cfg.gradient_checkpointing:
+            pipe.vae.enable_gradient_checkpointing()
+        return pipe
+
+    def load_prior(self) -> None:
+        """Load the prior now (systems call this when training starts, so errors come before any step)."""
+        self.prior.get()
+
+    @property
+    def pipe(self) -> Any:
+        return self.prior.get()
+
+    @property
+    def unet(self) -> Any:
+        return self.pipe.unet
+
+    @property
+    def vae(self) -> Any:
+        return self.pipe.vae
+
+    @property
+    def vae_scale(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.pipe.scheduler.config.num_train_timesteps)
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        if self._alphas_cumprod is None:
+            self._alphas_cumprod = self.training_alphas_cumprod(self.pipe.scheduler.config)
+        return self._alphas_cumprod
 
     @staticmethod
     def training_alphas_cumprod(config: Any) -> Tensor:
         """alpha_bar_t of the training schedule, computed in float64 like the original's buffers."""
         if config.beta_schedule != "scaled_linear":
-            raise ValueError(f"MVDream's schedule is scaled_linear, the checkpoint's is '{config.beta_schedule}'.")
+            raise ConfigError(f"system.guidance.pretrained_model_name_or_path: MVDream's schedule is scaled_linear, the checkpoint's is '{config.beta_schedule}'.")
         n = int(config.num_train_timesteps)
         betas = torch.linspace(config.beta_start ** 0.5, config.beta_end ** 0.5, n, dtype=torch.float64) ** 2
         return torch.cumprod(1.0 - betas, dim=0).float()
-
-    def load_pipeline(self) -> Any:
-        """The MVDreamPipeline named by the config (only its unet, vae and scheduler are used)."""
-        key = "system.guidance.pretrained_model_name_or_path"
-        path = self.cfg.pretrained_model_name_or_path
-        if path is None and self.cfg.ckpt_path is not None:
-            key, path = "system.guidance.ckpt_path", self.cfg.ckpt_path
-        path = resolve_mvdream_checkpoint(path, key)
-        logger.info("Loading MVDream from %s (%s)", path, self.weights_dtype)
-        return load_mvdream_pipeline(path, self.cfg.original_config, self.weights_dtype)
-
-    def train(self, mode: bool = True) -> "MVDreamMultiviewDiffusionGuidance":
-        # a frozen prior: Lightning's model.train() must not switch it (dropout) to training mode
-        return super().train(False)
 
     # ------------------------------------------------------------------ schedule
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
@@ -158,9 +197,16 @@ class MVDreamMultiviewDiffusionGuidance(BaseModule):
             raise ValueError(
                 f"guidance: need 0 <= min_step_percent <= max_step_percent <= 1 at step {global_step}, got {lo} and {hi}."
             )
-        self.min_step = int(self.num_train_timesteps * lo)
-        self.max_step = min(int(self.num_train_timesteps * hi), self.num_train_timesteps - 1)
+        self._step_percent = (lo, hi)  # turned into timesteps when the prior (and its schedule) is loaded
         self.grad_clip_val = None if self.cfg.grad_clip is None else C(self.cfg.grad_clip, epoch, global_step)
+
+    @property
+    def min_step(self) -> int:
+        return int(self.num_train_timesteps * self._step_percent[0])
+
+    @property
+    def max_step(self) -> int:
+        return min(int(self.num_train_timesteps * self._step_percent[1]), self.num_train_timesteps - 1)
 
     # ------------------------------------------------------------------ pieces
     def encode_images(self, rgb: Tensor) -> Tensor:
@@ -195,7 +241,7 @@ class MVDreamMultiviewDiffusionGuidance(BaseModule):
             camera=torch.cat([camera, camera]).to(device=latents_noisy.device, dtype=self.weights_dtype),
             num_views=self.cfg.n_view,
         ).sample.float()
-        eps_text, eps_uncond = eps.chunk(2)
+        eps_uncond, eps_text = eps.chunk(2)  # [uncond; cond], as the text embeddings
         return eps_text, eps_uncond
 
     def rescaled_x0(self, x0: Tensor, x0_text: Tensor) -> Tensor:

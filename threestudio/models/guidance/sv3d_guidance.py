@@ -1,6 +1,6 @@
 """`sv3d-guidance`: score distillation with SV3D on the 21-view orbit around the object.
 
-SDS in EDM form (DESIGN.md §5): the rendered orbit is encoded to scaled latents z (VAE encoder, gradient through
+SDS in EDM form (generative-models' v-prediction EDM denoiser): the rendered orbit is encoded to scaled latents z (VAE encoder, gradient through
 it), noised to x = z + σ·ε with one σ per step (log-uniform in [sigma_min, sigma_max], both schedulable), and
 denoised by the frozen SV3D denoiser D with classifier-free guidance at SV3D's per-frame triangle scale. The
 SDS gradient ∝ (z - D(x; σ)) is applied as an x0-reconstruction loss
@@ -11,8 +11,9 @@ with w = 1 ("uniform"), 1/σ ("sds": the ε-space SDS gradient (ε̂ - ε) = (z 
 EDM training weight of a v-prediction denoiser with σ_data = 1). The conditioning image's CLIP embedding and its
 (unscaled, noise-augmented) VAE latent are computed once; CFG's unconditional branch zeroes both, as SV3D does.
 
-The frozen pipeline (UNet, VAE, CLIP image encoder) is kept out of the module tree, so it is neither trained,
-nor moved by Lightning, nor written to checkpoints; it is fp16 on CUDA (`half_precision_weights`), fp32 on CPU.
+The frozen pipeline (UNet, VAE, CLIP image encoder) sits in a `FrozenPrior`: out of the module tree (neither
+trained, nor moved by Lightning, nor written to checkpoints), loaded on first use or by `load_prior()` (so
+`--test`/`--export` never read the checkpoint); fp16 on CUDA (`half_precision_weights`), fp32 on CPU.
 Memory plan options (`grad_frames`, `vae_chunk_size`, `vae_checkpoint_chunks`, `vae_gradient_checkpointing`,
 `cfg_batched`, rendering below `image_size`) and their measured/estimated memory: sv3d_memory.py's docstring.
 """
@@ -30,21 +31,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import threestudio
+from threestudio.models.guidance.frozen_prior import FrozenPrior
 from threestudio.models.guidance.sv3d_memory import encode_frames, sample_grad_frames
 from threestudio.utils.base import BaseModule
 from threestudio.utils.config import ConfigError
-from threestudio.utils.misc import get_device
-from threestudio.utils.schedule import C
+from threestudio.utils.schedule import C, validate_schedule
 
 logger = logging.getLogger(__name__)
 
 WEIGHTINGS = ("uniform", "sds", "edm")
-
-
-@dataclass
-class _Frozen:
-    # a plain container: keeps the pipeline's modules out of the guidance's (and the system's) module tree
-    pipe: Any
 
 
 @threestudio.register("sv3d-guidance")
@@ -83,6 +78,7 @@ class SV3DGuidance(BaseModule):
     cfg: Config
 
     def configure(self, pipeline: Any = None) -> None:
+        """Checks the options; reads nothing. `pipeline`: an SV3DPipeline to use instead of the checkpoint."""
         c = self.cfg
         if c.weighting not in WEIGHTINGS:
             raise ConfigError(f"guidance.weighting must be one of {WEIGHTINGS}, got '{c.weighting}'.")
@@ -90,34 +86,35 @@ class SV3DGuidance(BaseModule):
             raise ConfigError(f"guidance.image_size must be a positive multiple of 8 (VAE factor), got {c.image_size}.")
         if c.grad_frames < 0 or c.vae_chunk_size < 0:
             raise ConfigError("guidance.grad_frames and guidance.vae_chunk_size must be >= 0.")
-        self.device_ = get_device()
-        if pipeline is None:
-            pipeline = self._load_pipeline()
+        for key in ("sigma_min", "sigma_max") + (("grad_clip",) if getattr(c, "grad_clip", None) is not None else ()):
+            validate_schedule(getattr(c, key), f"system.guidance.{key}")
+        self.prior: FrozenPrior = FrozenPrior(
+            lambda device: self._prepare_pipeline(pipeline if pipeline is not None else self._load_pipeline(), device),
+            name="SV3D pipeline")
+        half = c.half_precision_weights and self.prior.device.type == "cuda"
+        self.weights_dtype = torch.float16 if half else torch.float32
+        self._condition: Optional[dict[str, Tensor]] = None
+        self.sigma_min = self.sigma_max = 0.0
+        self.grad_clip_value: Optional[float] = None
+        self.do_update_step(0, 0)
+
+    def _prepare_pipeline(self, pipeline: Any, device: torch.device) -> Any:
+        c = self.cfg
         if pipeline.spec.family not in ("sv3d_u", "sv3d_p"):
             raise ConfigError(
                 f"guidance.pretrained_model_name_or_path: {c.pretrained_model_name_or_path} is a {pipeline.spec.version} "
                 "(video) checkpoint; sv3d-guidance needs an SV3D orbit model (sv3d_u or sv3d_p)."
             )
-        half = c.half_precision_weights and self.device_.type == "cuda"
-        self.weights_dtype = torch.float16 if half else torch.float32
+        half = self.weights_dtype == torch.float16
         # (casting only when needed: diffusers warns on every dtype cast)
-        pipeline.to(self.device_, self.weights_dtype if half else None)
+        pipeline.to(device, self.weights_dtype if half else None)
         # the encoder runs on renders every step: fp16 too on CUDA (the conditioning latent and sampled orbits
         # are made in fp32, as SV3D does; see `_vae_fp32`)
         if half:
-            pipeline.vae.to(self.device_, self.weights_dtype)
-        for module in (pipeline.unet, pipeline.vae, pipeline.image_encoder):
-            module.eval()
-            module.requires_grad_(False)
+            pipeline.vae.to(device, self.weights_dtype)
         if c.vae_gradient_checkpointing:
             pipeline.vae.enable_gradient_checkpointing()
-        self.frozen = _Frozen(pipeline)
-        self.spec = pipeline.spec
-        self.scales = pipeline.guidance_scales(c.num_frames, c.min_guidance_scale, c.guidance_scale).to(self.device_)
-        self.prepare_condition(c.cond_image_path)
-        self.sigma_min = self.sigma_max = 0.0
-        self.grad_clip_value: Optional[float] = None
-        self.do_update_step(0, 0)
+        return pipeline
 
     def _load_pipeline(self) -> Any:
         from sv3d import SV3DPipeline
@@ -134,9 +131,43 @@ class SV3DGuidance(BaseModule):
         except (ValueError, KeyError, FileNotFoundError) as e:
             raise ConfigError(f"guidance.pretrained_model_name_or_path: could not load '{path}': {e}") from None
 
+    def load_prior(self) -> None:
+        """Load the pipeline and encode the input image now (systems call this when training starts)."""
+        self._conditioning()
+
     @property
     def pipe(self) -> Any:
-        return self.frozen.pipe
+        return self.prior.get()
+
+    @property
+    def spec(self) -> Any:
+        return self.pipe.spec
+
+    def _conditioning(self) -> dict[str, Tensor]:
+        if self._condition is None:
+            self.prepare_condition(self.cfg.cond_image_path)
+        assert self._condition is not None
+        return self._condition
+
+    @property
+    def cond_image(self) -> Tensor:
+        """(1, 3, S, S) preprocessed input image in [-1, 1] at image_size."""
+        return self._conditioning()["image"]
+
+    @property
+    def context(self) -> Tensor:
+        """(1, 1, D) CLIP image embedding of the input."""
+        return self._conditioning()["context"]
+
+    @property
+    def cond_latent(self) -> Tensor:
+        """(1, 4, h, w) unscaled VAE latent of the noise-augmented input."""
+        return self._conditioning()["latent"]
+
+    @property
+    def scales(self) -> Tensor:
+        """(N,) SV3D's per-frame CFG scales (the triangle)."""
+        return self._conditioning()["scales"]
 
     @contextlib.contextmanager
     def _vae_fp32(self) -> Iterator[None]:
@@ -164,15 +195,17 @@ class SV3DGuidance(BaseModule):
             pil = preprocess_orbit_image(image, self.cfg.image_frame_ratio, 576)
         except ValueError as e:
             raise ConfigError(f"guidance.cond_image_path: {e}") from None
-        x = image_to_tensor(pil).to(self.device_)
-        self.cond_image = self._resize(x)  # (1, 3, S, S) in [-1, 1]
+        x = image_to_tensor(pil).to(self.prior.device)
+        cond_image = self._resize(x)  # (1, 3, S, S) in [-1, 1]
         gen = torch.Generator().manual_seed(self.cfg.cond_seed)
-        noise = torch.randn(self.cond_image.shape, generator=gen).to(self.device_)
+        noise = torch.randn(cond_image.shape, generator=gen).to(self.prior.device)
         # CLIP sees the 576² image, as in SV3D's sampling; the concatenated latent must match the render latents
-        self.context = self.pipe.encode_image(x).float()  # (1, 1, D)
+        context = self.pipe.encode_image(x).float()  # (1, 1, D)
         with self._vae_fp32():
-            latent = self.pipe.encode_condition_latent(self.cond_image + self.cfg.cond_aug * noise)
-        self.cond_latent = latent.float()  # (1, 4, h, w), not scaled
+            latent = self.pipe.encode_condition_latent(cond_image + self.cfg.cond_aug * noise)
+        c = self.cfg
+        scales = self.pipe.guidance_scales(c.num_frames, c.min_guidance_scale, c.guidance_scale).to(self.prior.device)
+        self._condition = {"image": cond_image, "context": context, "latent": latent.float(), "scales": scales}
 
     def _resize(self, x: Tensor) -> Tensor:
         size = self.cfg.image_size
@@ -200,7 +233,7 @@ class SV3DGuidance(BaseModule):
             az = list(orbit_azimuths_deg(n)) if azimuth is None else [float(a) for a in azimuth.reshape(-1)]
             cams = sv3d_p_camera_ids(elev, az, n)
             polars, azimuths = cams[:, 0], cams[:, 1]
-        return self.pipe.added_time_ids(n, self.cfg.cond_aug, 1, polars, azimuths).to(self.device_)
+        return self.pipe.added_time_ids(n, self.cfg.cond_aug, 1, polars, azimuths).to(self.prior.device)
 
     # ------------------------------------------------------------------ denoising
     def encode(self, images: Tensor) -> Tensor:
@@ -254,7 +287,7 @@ class SV3DGuidance(BaseModule):
         n = self.cfg.num_frames
         if rgb.dim() != 4 or rgb.shape[0] != n or rgb.shape[-1] != 3:
             raise ValueError(f"sv3d-guidance expects the {n} orbit renders as (N={n}, H, W, 3), got {tuple(rgb.shape)}.")
-        images = self._resize(rgb.permute(0, 3, 1, 2).to(self.device_) * 2.0 - 1.0)
+        images = self._resize(rgb.permute(0, 3, 1, 2).to(self.prior.device) * 2.0 - 1.0)
         z = encode_frames(self.encode, images, grad_frames, self.cfg.vae_chunk_size, self.cfg.vae_checkpoint_chunks)
         sigma_value = self.sample_sigma() if sigma is None else float(sigma)
         eps = torch.randn_like(z) if noise is None else noise.to(z).reshape(z.shape)

@@ -18,7 +18,7 @@ Measured figures (benchmarks/bench_sds_sv3d.py; "meta" = counted on the meta dev
 - VAE encoder (full size), activations kept for backward per 576² frame: 4.06 GB fp32 / 2.15 GB fp16 (meta).
   Every GroupNorm -> SiLU -> conv keeps three full-size tensors. With diffusers block checkpointing 0.27 / 0.14 GB
   are kept, and re-running its largest block in backward needs 2.06 / 1.03 GB per frame (meta).
-  (DESIGN.md §6's "~0.4-0.5 GB per 576² frame" is lower than this measurement.)
+  (An earlier estimate of ~0.4-0.5 GB per 576² frame was lower than this measurement.)
 - Renderer (configs/sv3d-image-to-3d.yaml geometry: 16-level hash grid, analytic normals, fp32): 1.6 KB kept
   per ray sample; 81 samples per ray on the initial density blob seen from distance 2 (CPU) -> 2.1 GB per
   128² frame with gradient. The occupancy grid lowers the sample count as training empties space.

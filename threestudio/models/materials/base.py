@@ -25,6 +25,10 @@ class BaseMaterial(BaseModule):
         super().__init__(cfg, *args, config_path=config_path, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Colour (N, C) of N samples. Renderers pass, by keyword: `features` (N, F) and the other geometry
+        outputs (`density` (N, 1), `normal`/`shading_normal` (N, 3) when asked), `viewdirs` (N, 3),
+        `positions` (N, 3), `light_positions` (N, 3) (one per sample, from its ray), and the material
+        options of the render call (e.g. `shading`, `ambient_ratio`); never camera-batch keys."""
         raise NotImplementedError
 
     def export(self, *args: Any, **kwargs: Any) -> dict[str, Any]:

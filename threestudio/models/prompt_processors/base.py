@@ -24,13 +24,14 @@ class PromptProcessorOutput:
     uncond_text_embeddings: Tensor
 
     def get_text_embeddings(self, n_rows: int) -> Tensor:
-        """(2 * n_rows, L, D): n_rows copies of the prompt, then n_rows of the negative prompt.
+        """(2 * n_rows, L, D): n_rows copies of the negative prompt, then n_rows of the prompt.
 
-        Classifier-free guidance runs both halves in one batch; each half keeps the row order of the
-        images, so a batch grouped object by object stays grouped."""
+        Classifier-free guidance runs both halves in one batch, in the order the model packages (and
+        diffusers) use everywhere: [uncond; cond]. Each half keeps the row order of the images, so a batch
+        grouped object by object stays grouped."""
         cond = self.text_embeddings.expand(n_rows, -1, -1)
         uncond = self.uncond_text_embeddings.expand(n_rows, -1, -1)
-        return torch.cat([cond, uncond], dim=0)
+        return torch.cat([uncond, cond], dim=0)
 
 
 class PromptProcessor(BaseObject):

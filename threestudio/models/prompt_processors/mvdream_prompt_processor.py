@@ -12,7 +12,7 @@ from torch import Tensor
 import threestudio
 from threestudio.models.guidance.mvdream_guidance import load_mvdream_pipeline, resolve_mvdream_checkpoint
 from threestudio.models.prompt_processors.base import PromptProcessor
-from threestudio.utils.misc import cleanup
+from threestudio.utils.misc import cleanup, get_device
 
 logger = logging.getLogger(__name__)
 
@@ -36,20 +36,23 @@ class MVDreamPromptProcessor(PromptProcessor):
     def configure(self) -> None:
         self.checkpoint = resolve_mvdream_checkpoint(
             self.cfg.pretrained_model_name_or_path, "system.prompt_processor.pretrained_model_name_or_path")
+        self.encode_device = get_device()
+        self.encode_dtype = torch.float16 if self.encode_device.type == "cuda" else torch.float32
         super().configure()
 
     def model_identity(self) -> str:
-        # path, size and modification time identify the weights without reading gigabytes
+        # path, size and modification time identify the weights without reading gigabytes; the dtype the
+        # encoder runs in changes the embeddings too (fp16 on CUDA, fp32 on CPU)
         stat = os.stat(self.checkpoint)
         return (f"mvdream-text|{os.path.realpath(self.checkpoint)}|{stat.st_size}|{stat.st_mtime_ns}"
-                f"|{self.cfg.original_config}")
+                f"|{self.cfg.original_config}|{self.encode_dtype}")
 
     def encode(self, prompts: list[str]) -> Tensor:
-        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
         logger.info("Encoding %d prompt(s) with the text encoder of %s", len(prompts), self.checkpoint)
-        pipe = load_mvdream_pipeline(self.checkpoint, self.cfg.original_config, dtype)
-        text_encoder = pipe.text_encoder.to(device)
+        # the text encoder alone: the UNet's and VAE's tensors are neither read nor converted here
+        pipe = load_mvdream_pipeline(self.checkpoint, self.cfg.original_config, self.encode_dtype,
+                                     components=("text_encoder",))
+        text_encoder = pipe.text_encoder.to(self.encode_device)
         try:
             with torch.no_grad():
                 return pipe.encode_prompt(prompts, device=torch.device("cpu")).float()

@@ -50,15 +50,6 @@ class Renderer(BaseModule):
     def background(self) -> Any:
         return self.sub_modules.background
 
-    def set_geometry(self, geometry: Any) -> None:
-        self.sub_modules.geometry = geometry
-
-    def set_material(self, material: Any) -> None:
-        self.sub_modules.material = material
-
-    def set_background(self, background: Any) -> None:
-        self.sub_modules.background = background
-
 
 class VolumeRenderer(Renderer):
     pass

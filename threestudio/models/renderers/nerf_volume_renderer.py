@@ -13,6 +13,7 @@ import threestudio
 from threestudio.models.renderers.base import VolumeRenderer, chunk_batch
 from threestudio.models.renderers.occupancy_grid import OccupancyGridEstimator
 from threestudio.models.renderers.volume_rendering import accumulate_along_rays, render_weight_from_density
+from threestudio.utils.batch import per_ray, render_options
 from threestudio.utils.config import ConfigError
 from threestudio.utils.misc import cuda_package_available
 
@@ -22,7 +23,7 @@ ESTIMATOR_BACKENDS = ("auto", "torch", "nerfacc")
 
 
 def nerfacc_available() -> bool:
-    return cuda_package_available("nerfacc")
+    return cuda_package_available("nerfacc", "the PyTorch occupancy-grid estimator")
 
 
 @threestudio.register("nerf-volume-renderer")
@@ -161,7 +162,13 @@ class NeRFVolumeRenderer(VolumeRenderer):
         return geo_out, rgb
 
     def forward(self, rays_o: torch.Tensor, rays_d: torch.Tensor, light_positions: torch.Tensor,
-                bg_color: Optional[torch.Tensor] = None, **kwargs: Any) -> dict[str, torch.Tensor]:
+                bg_color: Optional[torch.Tensor] = None, **options: Any) -> dict[str, torch.Tensor]:
+        """Render B views of H x W rays (the camera batch contract, threestudio/utils/batch.py).
+
+        rays_o, rays_d (B, H, W, 3); light_positions (B, 3) per view or (B, H, W, 3) per ray; bg_color (C,),
+        (B, C) or (B, H, W, C), default: the background module. `options` go to the material (e.g.
+        shading="albedo", ambient_ratio=0.1); other camera-batch keys are ignored, so `renderer(**batch)` works.
+        """
         if rays_o.dim() != 4 or rays_o.shape[-1] != 3 or rays_d.shape != rays_o.shape:
             raise ValueError(
                 f"rays_o and rays_d must both have shape (B, H, W, 3), got {tuple(rays_o.shape)} and {tuple(rays_d.shape)}."
@@ -170,11 +177,9 @@ class NeRFVolumeRenderer(VolumeRenderer):
         n_rays = batch_size * height * width
         rays_o_flat = rays_o.reshape(-1, 3)
         rays_d_flat = rays_d.reshape(-1, 3)
-        light_positions = torch.as_tensor(light_positions, dtype=rays_o.dtype, device=rays_o.device)
-        lights_flat = light_positions.reshape(-1, 1, 1, 3).expand(batch_size, height, width, 3).reshape(-1, 3)
-        # per-view tensors of the batch (c2w, elevation, ...) mean nothing per sample; options such
-        # as shading="albedo" or ambient_ratio=0.1 are passed on to the material
-        material_kwargs = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor) and v is not None}
+        lights_flat = per_ray(light_positions, batch_size, height, width, "light_positions", rays_o.dtype,
+                              rays_o.device)
+        material_kwargs = render_options(options)
 
         ray_indices, t_starts, t_ends = self._sample(rays_o_flat, rays_d_flat)
         t_starts, t_ends = t_starts[:, None], t_ends[:, None]
@@ -236,17 +241,6 @@ class NeRFVolumeRenderer(VolumeRenderer):
     @staticmethod
     def _background_color(bg_color: Optional[torch.Tensor], comp_rgb_bg: torch.Tensor, batch_size: int,
                           height: int, width: int) -> torch.Tensor:
-        n_rays = batch_size * height * width
         if bg_color is None:
-            return comp_rgb_bg.reshape(n_rays, -1)
-        bg_color = torch.as_tensor(bg_color, dtype=comp_rgb_bg.dtype, device=comp_rgb_bg.device)
-        if bg_color.dim() == 1:  # one colour for everything
-            return bg_color.expand(n_rays, -1)
-        if bg_color.dim() == 2 and bg_color.shape[0] == batch_size:  # one colour per view
-            return bg_color[:, None, None, :].expand(batch_size, height, width, -1).reshape(n_rays, -1)
-        if bg_color.shape[:3] == (batch_size, height, width):
-            return bg_color.reshape(n_rays, -1)
-        raise ValueError(
-            f"bg_color must have shape (C,), (B, C) or (B, H, W, C) with B, H, W = {batch_size}, {height}, {width}; "
-            f"got {tuple(bg_color.shape)}."
-        )
+            return comp_rgb_bg.reshape(batch_size * height * width, -1)
+        return per_ray(bg_color, batch_size, height, width, "bg_color", comp_rgb_bg.dtype, comp_rgb_bg.device)
