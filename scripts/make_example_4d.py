@@ -25,9 +25,13 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch  # noqa: E402
 from make_example import test_cameras, train_cameras  # noqa: E402
 from procedural_motion import MovingScene, example_moving_scene, random_moving_scene  # noqa: E402
-from procedural_scene import look_at, render, spherical_position  # noqa: E402
+from procedural_scene import render  # noqa: E402
+
+from threestudio.utils.ops import orbit_c2w  # noqa: E402  (the project's one camera maths)
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "load", "example_4d")
 LAYOUTS = ("diffusion2", "per-frame")
@@ -45,7 +49,8 @@ def make_dataset_4d(out: str, scene: MovingScene, n_views: int = 12, n_holdout_v
         raise ValueError(f"layout must be one of {LAYOUTS}, got '{layout}'.")
     os.makedirs(out, exist_ok=True)
     cams = train_cameras(n_views) + (test_cameras(n_holdout_views, seed) if n_holdout_views else [])
-    c2ws = [look_at(spherical_position(e, a, distance)) for e, a in cams]
+    c2ws = [orbit_c2w(*(torch.tensor([float(v)], dtype=torch.float64) for v in (e, a, distance)))[0].numpy()
+            for e, a in cams]
     for f in range(n_frames):
         t = frame_time(f, n_frames)
         frame_scene = scene.at(t)
