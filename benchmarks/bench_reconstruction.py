@@ -25,6 +25,7 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Any, Callable, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -86,18 +87,24 @@ def evaluate(trial: str, scene_path: str) -> tuple[float, float, float, int]:
     return quality.chamfer_l1, quality.accuracy, quality.color_error, len(mesh.faces)
 
 
-def dataset_for(name: str, out_root: str) -> str:
+def dataset_for(name: str, out_root: str, example: str = EXAMPLE, make: Optional[Callable[[str, int], Any]] = None) -> str:
+    """The bundled `example`, or for `seed:N` an unseen object rendered by `make(folder, N)` (default: a static
+    random object, scripts/make_example.py) into out_root/data/seedN, once."""
     if name == "example":
-        return EXAMPLE
+        return example
     if not name.startswith("seed:"):
         raise SystemExit(f"Unknown object '{name}': use 'example' or 'seed:N'.")
-    from make_example import make_dataset
-    from procedural_scene import random_scene
+    if make is None:
+        from make_example import make_dataset
+        from procedural_scene import random_scene
+
+        def make(folder: str, seed: int) -> Any:
+            return make_dataset(folder, random_scene(seed), seed=seed)
 
     seed = int(name.split(":")[1])
     folder = os.path.join(out_root, "data", f"seed{seed}")
-    if not os.path.isfile(os.path.join(folder, "transforms_test.json")):
-        make_dataset(folder, random_scene(seed), seed=seed)
+    if not os.path.isfile(os.path.join(folder, "scene.json")):
+        make(folder, seed)
     return folder
 
 

@@ -28,25 +28,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
-from bench_reconstruction import logged, run_job  # noqa: E402
+from bench_reconstruction import dataset_for, logged, run_job  # noqa: E402
 
 CONFIG = os.path.join(REPO, "configs", "reconstruction-4d-example.yaml")
 EXAMPLE = os.path.join(REPO, "load", "example_4d")
 
 
-def dataset_for(name: str, out_root: str) -> str:
-    if name == "example":
-        return EXAMPLE
-    if not name.startswith("seed:"):
-        raise SystemExit(f"Unknown object '{name}': use 'example' or 'seed:N'.")
+def make_moving(folder: str, seed: int) -> str:
     from make_example_4d import make_dataset_4d
     from procedural_motion import random_moving_scene
 
-    seed = int(name.split(":")[1])
-    folder = os.path.join(out_root, "data", f"seed{seed}")
-    if not os.path.isfile(os.path.join(folder, "scene.json")):
-        make_dataset_4d(folder, random_moving_scene(seed), seed=seed)
-    return folder
+    return make_dataset_4d(folder, random_moving_scene(seed), seed=seed)
 
 
 def evaluate_frames(trial: str, scene_path: str) -> list[tuple[int, float, float, float]]:
@@ -84,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         extra.append(f"trainer.max_steps={args.steps}")
     rows = []
     for name in [o.strip() for o in args.objects.split(",") if o.strip()]:
-        data = dataset_for(name, args.out)
+        data = dataset_for(name, args.out, EXAMPLE, make_moving)
         tag = name.replace(":", "")
         trial, wall, cpu = run_job(data, args.out, tag, extra, config=CONFIG)
         psnr, step = logged(trial, "test/psnr")
