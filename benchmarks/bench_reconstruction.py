@@ -87,7 +87,8 @@ def evaluate(trial: str, scene_path: str) -> tuple[float, float, float, int]:
     return quality.chamfer_l1, quality.accuracy, quality.color_error, len(mesh.faces)
 
 
-def dataset_for(name: str, out_root: str, example: str = EXAMPLE, make: Optional[Callable[[str, int], Any]] = None) -> str:
+def dataset_for(name: str, out_root: str, example: str = EXAMPLE,
+                make: Optional[Callable[[str, int], Any]] = None) -> str:
     """The bundled `example`, or for `seed:N` an unseen object rendered by `make(folder, N)` (default: a static
     random object, scripts/make_example.py) into out_root/data/seedN, once."""
     if name == "example":

@@ -147,7 +147,8 @@ class DynamicReconstructionSystem(MultiviewReconstructionSystem):
                 self.log("test/psnr_novel_view", value, on_epoch=True, batch_size=1)
             elif batch.get("heldout_frame") and not batch.get("heldout_view"):
                 self.log("test/psnr_novel_frame", value, on_epoch=True, batch_size=1)
-            self.save_image_grid(f"{self.step_prefix()}-heldout/f{int(batch['frame']):02d}-v{int(batch['view']):02d}.png",
+            name = f"f{int(batch['frame']):02d}-v{int(batch['view']):02d}.png"
+            self.save_image_grid(f"{self.step_prefix()}-heldout/{name}",
                                  [{"img": batch["rgb"][0]}] + self._panels(out, self.cfg.test_panels))
             return
         folder = "test" if kind == "orbit" else "test-fixed"
