@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         system = threestudio.find(cfg.system_type)(cfg.system)
         if args.train:
             system.configure_optimizers()  # a throwaway build: optimizer/scheduler settings fail here, not in fit
+            system.check_training_inputs()  # e.g. a frozen prior's checkpoint, loaded only when training starts
         if resume_ckpt is not None:
             check_resume_fits(resume_ckpt, cfg.resume, system, args.config)
             del resume_ckpt

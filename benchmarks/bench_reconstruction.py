@@ -72,7 +72,8 @@ def logged(trial: str, key: str) -> tuple[float, int]:
     return value, step
 
 
-def evaluate(trial: str, scene_path: str) -> tuple[float, float, float, int]:
+def evaluate_export(trial: str, scene_path: str):
+    """(MeshQuality, face count) of the trial's last exported model.obj against the scene's analytic surface."""
     from procedural_scene import Scene
     from threestudio.models.exporters.mesh_io import load_world_mesh
     from reconstruction_metrics import evaluate_mesh
@@ -83,8 +84,12 @@ def evaluate(trial: str, scene_path: str) -> tuple[float, float, float, int]:
     mesh = load_world_mesh(exports[-1])  # files are y-up by default; the scene is in the z-up world
     with open(scene_path) as fp:
         scene = Scene.from_json(fp.read())
-    quality = evaluate_mesh(mesh, scene)
-    return quality.chamfer_l1, quality.accuracy, quality.color_error, len(mesh.faces)
+    return evaluate_mesh(mesh, scene), len(mesh.faces)
+
+
+def evaluate(trial: str, scene_path: str) -> tuple[float, float, float, int]:
+    quality, faces = evaluate_export(trial, scene_path)
+    return quality.chamfer_l1, quality.accuracy, quality.color_error, faces
 
 
 def dataset_for(name: str, out_root: str, example: str = EXAMPLE,

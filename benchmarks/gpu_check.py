@@ -9,6 +9,7 @@ limit, and the whole run stops starting new checks after `--budget` seconds. Row
 - env: torch, CUDA, the GPU, and why each optional CUDA package is or is not usable;
 - hashgrid: tinycudann's grid vs ours on the same parameters (max abs difference, M points/s fwd+bwd);
 - estimator: nerfacc's occupancy-grid estimator vs ours on the same blob (image difference, ms per frame);
+- rasterizer: nvdiffrast vs our CPU kernel on a 100k-triangle sphere at 512² (triangle ids, depth, ms);
 - fp16 priors: full-size MVDream UNet + VAE and SV3D UNet with random weights in fp16 (finite outputs);
 - sds-mvdream / sds-sv3d: one training step of each system at the reference resolutions (s/step, peak GB);
 - sv3d-azimuth: direction of SV3D's orbit on a synthetic turntable (needs a real checkpoint: $SV3D_CKPT);
@@ -145,6 +146,33 @@ def check_estimator() -> list[Row]:
                         f"{theirs_s * 1e3:.1f} ms per 256² frame")]
 
 
+def check_rasterizer() -> list[Row]:
+    import torch
+
+    from bench_rasterizer import bench, clip_positions, uv_sphere
+    from threestudio.models.rasterization import DifferentiableRasterizer
+    from threestudio.utils.misc import cuda_package_error
+
+    vertices, faces = uv_sphere(100_000)
+    cpu = bench("cpu", vertices, faces, 512, 3, "cpu")
+    rows = [_row("rasterizer: our CPU kernel", "ok", "100k triangles, 512²", f"{cpu['fwd+bwd'] * 1e3:.0f} ms fwd+bwd")]
+    error = cuda_package_error("nvdiffrast")
+    if error is not None:
+        return rows + [_row("rasterizer: nvdiffrast", "skip", error)]
+    gpu = bench("nvdiffrast", vertices, faces, 512, 5, "cuda")
+    ours, theirs = DifferentiableRasterizer("cpu", torch.device("cpu")), DifferentiableRasterizer(
+        "nvdiffrast", torch.device("cuda"))
+    tri = faces
+    a = ours.rasterize(clip_positions(vertices, "cpu"), tri, (512, 512))[0]
+    b = theirs.rasterize(clip_positions(vertices, "cuda"), tri.cuda(), (512, 512))[0].cpu()
+    same_id = float((a[..., 3] == b[..., 3]).float().mean())
+    covered = (a[..., 3] > 0) & (a[..., 3] == b[..., 3])
+    depth = float((a[..., 2] - b[..., 2])[covered].abs().max()) if covered.any() else float("nan")
+    return rows + [_row("rasterizer: nvdiffrast vs ours", "ok" if same_id > 0.999 else "FAIL",
+                        f"same triangle id {same_id:.4%}, max |z/w diff| {depth:.1e}",
+                        f"{gpu['fwd+bwd'] * 1e3:.1f} ms fwd+bwd")]
+
+
 def check_fp16_priors() -> list[Row]:
     import torch
 
@@ -219,6 +247,7 @@ CHECKS: dict[str, tuple[Callable[[], list[Row]], int]] = {
     "env": (check_env, 30),
     "hashgrid": (check_hashgrid, 60),
     "estimator": (check_estimator, 60),
+    "rasterizer": (check_rasterizer, 60),
     "fp16-priors": (check_fp16_priors, 90),
     "sds-mvdream": (_command_check("sds-mvdream", ["benchmarks/bench_sds_mvdream.py", "--device", "cuda",
                                                    "--steps", "5", "--warmup", "2"]), 120),

@@ -22,7 +22,7 @@ def test_list_fits_the_eight_minute_budget():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     names = [line.split()[0] for line in lines[:-1]]
-    for required in ("env", "hashgrid", "estimator", "fp16-priors", "sds-mvdream", "sds-sv3d", "sv3d-azimuth"):
+    for required in ("env", "hashgrid", "estimator", "rasterizer", "fp16-priors", "sds-mvdream", "sds-sv3d", "sv3d-azimuth"):
         assert required in names
     budget = float(lines[-1].split("after")[1].split()[0])
     longest = max(int(line.split()[1]) for line in lines[:-1])

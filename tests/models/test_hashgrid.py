@@ -204,9 +204,9 @@ def test_backend_errors_are_clear():
 
 
 def test_kernel_build_failure_falls_back_to_reference(monkeypatch):
-    monkeypatch.setattr(hash_grid_cpu, "_lib", None)
-    monkeypatch.setattr(hash_grid_cpu, "_load_attempted", False)
-    monkeypatch.setattr(hash_grid_cpu, "_load_error", None)
+    monkeypatch.setattr(hash_grid_cpu._kernel, "lib", None)
+    monkeypatch.setattr(hash_grid_cpu._kernel, "attempted", False)
+    monkeypatch.setattr(hash_grid_cpu._kernel, "error", None)
 
     def broken():
         raise RuntimeError("no compiler")

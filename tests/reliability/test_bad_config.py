@@ -83,3 +83,23 @@ def test_lift3d_settings_are_checked_before_training(launch, tmp_path, override,
     assert code == 2, err
     assert message in err
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config,overrides,message", [
+    # before: the lazily loaded prior failed at the first training step, after the trial record was written
+    ("mvdream-sd21.yaml", ["system.prompt_processor.prompt=a cat",
+                           "system.guidance.pretrained_model_name_or_path=/nonexistent/sd-v2.1-base-4view.pt"],
+     "system.guidance.pretrained_model_name_or_path: '/nonexistent/sd-v2.1-base-4view.pt' does not exist"),
+    ("sv3d-image-to-3d.yaml", ["data.image_path=load/example_primitives/train/r_000.png",
+                               "system.guidance.pretrained_model_name_or_path=/nonexistent/sv3d_u.safetensors"],
+     "system.guidance.pretrained_model_name_or_path: checkpoint '/nonexistent/sv3d_u.safetensors' does not exist"),
+])
+def test_missing_prior_checkpoint_fails_before_any_work(launch, tmp_path, monkeypatch, config, overrides, message):
+    monkeypatch.chdir(REPO)
+    code, err = launch("--train", f"exp_root_dir={tmp_path}", *overrides,
+                       "system.geometry.pos_encoding_config.log2_hashmap_size=8",
+                       config=os.path.join(REPO, "configs", config))
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+    assert os.listdir(tmp_path) == []

@@ -182,6 +182,13 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         if self.cfg.cleanup_after_test_step:
             cleanup()
 
+    def check_training_inputs(self) -> None:
+        """Files that only training reads (a frozen prior's checkpoint, a conditioning image) exist: launch.py
+        calls this before a training run does any work. Modules opt in by defining the same method."""
+        for module in self.modules():
+            if module is not self and callable(getattr(module, "check_training_inputs", None)):
+                module.check_training_inputs()
+
     # -------------------------------------------------------------- optimizers
     def configure_optimizers(self) -> dict:
         optimizer = parse_optimizer(self.cfg.optimizer, self)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 import threestudio
+from threestudio.models.renderers.base import Rasterizer
 from threestudio.systems.lift3d import BaseLift3DSystem
 from threestudio.utils.batch import render_inputs
 from threestudio.utils.config import ConfigError
@@ -42,12 +43,14 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
 
     # ----------------------------------------------------------------------------- rendering
     def render(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        return self.renderer(**render_inputs(batch))
+        return self.renderer(**render_inputs(batch, self.renderer.inputs))
 
     @torch.no_grad()
     def render_view(self, batch: dict[str, Any], normals: bool = False) -> dict[str, Tensor]:
         """A whole (1,H,W) view rendered in chunks of rays; returns the image-shaped outputs
         (with `comp_normal` when `normals` is set and the geometry has normals)."""
+        if isinstance(self.renderer, Rasterizer):
+            return {k: v for k, v in self.render(batch).items() if torch.is_tensor(v) and v.dim() == 4}
         renderer_cfg = getattr(self.renderer, "cfg", None)
         if normals and renderer_cfg is not None and hasattr(renderer_cfg, "return_comp_normal"):
             # normals cost extra field evaluations: ask for them only for the images that show them

@@ -124,10 +124,17 @@ class MeshExporter(BaseObject):
         return getattr(getattr(self.geometry, "cfg", None), "isosurface_threshold", 25.0)
 
     def extract_mesh(self) -> tuple[np.ndarray, np.ndarray]:
-        """Vertices (V,3) and outward-facing faces (F,3) of the cleaned, decimated isosurface."""
-        vertices, faces, _ = extract_isosurface(
-            self.geometry.forward_density, self.cfg.isosurface_resolution, self.threshold_setting(), self.radius(),
-            self.cfg.chunk, getattr(self.geometry, "device", None), cavities=self.cfg.fill_cavities)
+        """Vertices (V,3) and outward-facing faces (F,3) of the cleaned, decimated isosurface. A geometry that
+        is a mesh (`is_explicit_mesh`, e.g. tetrahedra-sdf-grid) gives its own; no marching cubes then."""
+        if getattr(self.geometry, "is_explicit_mesh", False):
+            mesh = self.geometry.isosurface()
+            vertices = mesh.vertices.detach().cpu().numpy().astype(np.float32)
+            faces = mesh.faces.detach().cpu().numpy().astype(np.int64)
+            logger.info("mesh of the geometry: %d vertices, %d faces", len(vertices), len(faces))
+        else:
+            vertices, faces, _ = extract_isosurface(
+                self.geometry.forward_density, self.cfg.isosurface_resolution, self.threshold_setting(),
+                self.radius(), self.cfg.chunk, getattr(self.geometry, "device", None), cavities=self.cfg.fill_cavities)
         if self.cfg.remove_floaters:
             vertices, faces = remove_floaters(vertices, faces, self.cfg.floater_min_fraction)
         if self.cfg.decimate_target_faces:

@@ -8,7 +8,12 @@ import torch
 import torch.nn.functional as F
 
 import threestudio
-from threestudio.models.geometry.base import BaseImplicitGeometry, contract_to_unit_cube
+from threestudio.models.geometry.base import (
+    BaseImplicitGeometry,
+    contract_to_unit_cube,
+    default_mlp_network_config,
+    default_pos_encoding_config,
+)
 from threestudio.models.networks import get_activation, get_encoding, get_mlp
 from threestudio.utils.config import ConfigError
 
@@ -33,25 +38,8 @@ class ImplicitVolume(BaseImplicitGeometry):
         density_bias: Any = "blob_magic3d"
         density_blob_scale: float = 10.0
         density_blob_std: float = 0.5
-        pos_encoding_config: dict = field(
-            default_factory=lambda: {
-                "otype": "HashGrid",
-                "n_levels": 16,
-                "n_features_per_level": 2,
-                "log2_hashmap_size": 19,
-                "base_resolution": 16,
-                "per_level_scale": 1.447269237440378,
-            }
-        )
-        mlp_network_config: dict = field(
-            default_factory=lambda: {
-                "otype": "VanillaMLP",
-                "activation": "ReLU",
-                "output_activation": "none",
-                "n_neurons": 64,
-                "n_hidden_layers": 1,
-            }
-        )
+        pos_encoding_config: dict = field(default_factory=default_pos_encoding_config)
+        mlp_network_config: dict = field(default_factory=default_mlp_network_config)
         normal_type: Optional[str] = "finite_difference"
         finite_difference_normal_eps: float = 0.01
         isosurface_threshold: Any = 25.0

@@ -128,6 +128,11 @@ class MVDreamMultiviewDiffusionGuidance(BaseModule):
             key, path = "system.guidance.ckpt_path", self.cfg.ckpt_path
         return resolve_mvdream_checkpoint(path, key)
 
+    def check_training_inputs(self) -> None:
+        """The checkpoint exists (launch.py asks before a training run does any work; the prior loads lazily)."""
+        if type(self).load_pipeline is MVDreamMultiviewDiffusionGuidance.load_pipeline:  # not a stand-in prior
+            resolve_mvdream_checkpoint(self.cfg.pretrained_model_name_or_path, "system.guidance.pretrained_model_name_or_path")
+
     def load_pipeline(self) -> Any:
         """The MVDreamPipeline of the checkpoint with its UNet and VAE (no text encoder)."""
         path = self.resolve_checkpoint()

@@ -88,6 +88,7 @@ class SV3DGuidance(BaseModule):
             raise ConfigError("guidance.grad_frames and guidance.vae_chunk_size must be >= 0.")
         for key in ("sigma_min", "sigma_max") + (("grad_clip",) if getattr(c, "grad_clip", None) is not None else ()):
             validate_schedule(getattr(c, key), f"system.guidance.{key}")
+        self._pipeline_given = pipeline is not None
         self.prior: FrozenPrior = FrozenPrior(
             lambda device: self._prepare_pipeline(pipeline if pipeline is not None else self._load_pipeline(), device),
             name="SV3D pipeline")
@@ -116,16 +117,29 @@ class SV3DGuidance(BaseModule):
             pipeline.vae.enable_gradient_checkpointing()
         return pipeline
 
+    def _checkpoint_path(self) -> str:
+        path = self.cfg.pretrained_model_name_or_path
+        if not os.path.isfile(path):
+            raise ConfigError(
+                f"system.guidance.pretrained_model_name_or_path: checkpoint '{path}' does not exist. Download "
+                "sv3d_u.safetensors or sv3d_p.safetensors (stabilityai/sv3d) yourself and give its local path; "
+                "nothing is downloaded here.")
+        return path
+
+    def check_training_inputs(self) -> None:
+        """The checkpoint and the conditioning image exist (launch.py asks before a training run does any work;
+        the prior itself loads lazily when training starts)."""
+        if not self._pipeline_given:
+            self._checkpoint_path()
+        image = self.cfg.cond_image_path
+        if isinstance(image, str) and not os.path.isfile(image):
+            raise ConfigError(f"system.guidance.cond_image_path: image '{image}' does not exist.")
+
     def _load_pipeline(self) -> Any:
         from sv3d import SV3DPipeline
 
         c = self.cfg
-        path = c.pretrained_model_name_or_path
-        if not os.path.isfile(path):
-            raise ConfigError(
-                f"guidance.pretrained_model_name_or_path: checkpoint '{path}' does not exist. Download sv3d_u.safetensors "
-                "or sv3d_p.safetensors (stabilityai/sv3d) yourself and give its local path; nothing is downloaded here."
-            )
+        path = self._checkpoint_path()
         try:
             return SV3DPipeline.from_single_file(path, original_config=c.original_config, version=c.version)
         except (ValueError, KeyError, FileNotFoundError) as e:
