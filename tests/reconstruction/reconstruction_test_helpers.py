@@ -88,3 +88,12 @@ def make_blob_trial(root: str, geometry_cfg: dict, step: int = 700) -> str:
     torch.save({"state_dict": {f"geometry.{k}": v for k, v in geometry.state_dict().items()}, "epoch": 0,
                 "global_step": step}, ckpt)
     return ckpt
+
+
+def make_tiny_dataset_4d(out: str, size: int = 16, n_views: int = 2, n_holdout_views: int = 1, n_frames: int = 3,
+                         layout: str = "diffusion2") -> str:
+    """The moving example object at `size`², without supersampling, in either per-frame layout."""
+    make_example_4d = load_script("make_example_4d")
+    scene = load_script("procedural_motion").example_moving_scene()
+    return make_example_4d.make_dataset_4d(out, scene, n_views=n_views, n_holdout_views=n_holdout_views,
+                                           n_frames=n_frames, size=size, supersample=1, layout=layout)

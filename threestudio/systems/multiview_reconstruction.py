@@ -81,6 +81,12 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
     # ------------------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.render(batch)
+        losses = self.training_losses(out, batch)
+        self.log("train/psnr", psnr(out["comp_rgb"].detach(), batch["rgb"]), prog_bar=True)
+        return self.combine_losses(losses)
+
+    def training_losses(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
+        """The unweighted loss terms of one training batch and its render."""
         target, mask = batch["rgb"], batch["mask"]
         pred = out["comp_rgb_fg"] if self.cfg.rgb_loss_masked else out["comp_rgb"]
         tgt = target * mask if self.cfg.rgb_loss_masked else target
@@ -90,8 +96,7 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
             "mask": mask_bce_loss(out["opacity"], mask),
             **regularizer_losses(out, lambda name: self.loss_weight(name) != 0),
         }
-        self.log("train/psnr", psnr(out["comp_rgb"].detach(), target), prog_bar=True)
-        return self.combine_losses(losses)
+        return losses
 
     # ---------------------------------------------------------------------------- evaluation
     def _eval_panels(self, out: dict[str, Tensor], batch: dict[str, Any], names: list) -> list[dict]:
