@@ -26,6 +26,7 @@ def load_trial(trial: str, ckpt: Optional[str] = None) -> tuple[Any, dict, int]:
     """(config, modules {geometry, material, background, renderer}, global step) of a trial folder."""
     from threestudio.utils.base import build_module
     from threestudio.utils.config import load_config
+    from threestudio.utils.misc import checkpoint_state_dict, load_partial_state_dict, read_checkpoint
 
     cfg_path = os.path.join(trial, "configs", "parsed.yaml")
     ckpt = ckpt or os.path.join(trial, "ckpts", "last.ckpt")
@@ -40,14 +41,16 @@ def load_trial(trial: str, ckpt: Optional[str] = None) -> tuple[Any, dict, int]:
     background = build_module(s["background_type"], s.get("background", {}), "system.background")
     renderer = build_module(s["renderer_type"], s.get("renderer", {}), "system.renderer",
                             geometry=geometry, material=material, background=background)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = read_checkpoint(ckpt)  # weights-only: a checkpoint never runs code
+    tensors = checkpoint_state_dict(state, ckpt)
     modules = {"geometry": geometry, "material": material, "background": background, "renderer": renderer}
     for name, module in modules.items():
         prefix = name + "."
-        sub = {k[len(prefix):]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
-        module.load_state_dict(sub, strict=False)
+        sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if module.state_dict() or sub:
+            load_partial_state_dict(module, sub, f"checkpoint '{ckpt}'", f"system.{name}")
         module.eval()
-    return cfg, modules, int(state.get("global_step", 0))
+    return cfg, modules, int(state.get("global_step", 0) or 0)
 
 
 def largest_component(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,9 +153,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     from threestudio.models.exporters.mesh_exporter import query_albedo
     from threestudio.models.exporters.mesh_io import write_vertex_color_ply
 
+    from threestudio.utils.config import ConfigError
+    from threestudio.utils.misc import CheckpointError
+
     try:
         _, modules, step = load_trial(args.trial, args.ckpt)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     geometry, material, renderer = modules["geometry"], modules["material"], modules["renderer"]

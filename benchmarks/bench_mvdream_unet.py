@@ -145,7 +145,7 @@ def main() -> int:
                 continue
             with open(result) as handle:
                 records[impl] = json.load(handle)
-            records[impl]["out"] = torch.load(result + ".pt")
+            records[impl]["out"] = torch.load(result + ".pt", weights_only=True)
     if not records:
         return 1
     print(f"MVDream UNet forward, SD2.1-base size, batch {BATCH} ({VIEWS} views x CFG), {LATENT}x{LATENT} latents, "

@@ -25,6 +25,7 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Any, Callable, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -39,9 +40,9 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_job(dataroot: str, out_root: str, tag: str, extra: list[str]) -> tuple[str, float, float]:
+def run_job(dataroot: str, out_root: str, tag: str, extra: list[str], config: str = CONFIG) -> tuple[str, float, float]:
     """launch.py --train on `dataroot`; returns (trial folder, wall seconds, CPU seconds)."""
-    cmd = [sys.executable, os.path.join(REPO, "launch.py"), "--config", CONFIG, "--train",
+    cmd = [sys.executable, os.path.join(REPO, "launch.py"), "--config", config, "--train",
            f"data.dataroot={dataroot}", f"exp_root_dir={out_root}", f"tag={tag}", "use_timestamp=false",
            "trainer.enable_progress_bar=false"] + extra
     cpu0, wall0 = children_cpu_seconds(), time.perf_counter()
@@ -52,7 +53,10 @@ def run_job(dataroot: str, out_root: str, tag: str, extra: list[str]) -> tuple[s
     wall, cpu = time.perf_counter() - wall0, children_cpu_seconds() - cpu0
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {result.returncode}); see {log_path}")
-    return os.path.join(out_root, "reconstruction-example", tag), wall, cpu
+    from omegaconf import OmegaConf
+
+    name = OmegaConf.load(config).get("name", "reconstruction-example")
+    return os.path.join(out_root, name, tag), wall, cpu
 
 
 def logged(trial: str, key: str) -> tuple[float, int]:
@@ -68,7 +72,8 @@ def logged(trial: str, key: str) -> tuple[float, int]:
     return value, step
 
 
-def evaluate(trial: str, scene_path: str) -> tuple[float, float, float, int]:
+def evaluate_export(trial: str, scene_path: str):
+    """(MeshQuality, face count) of the trial's last exported model.obj against the scene's analytic surface."""
     from procedural_scene import Scene
     from threestudio.models.exporters.mesh_io import load_world_mesh
     from reconstruction_metrics import evaluate_mesh
@@ -79,22 +84,33 @@ def evaluate(trial: str, scene_path: str) -> tuple[float, float, float, int]:
     mesh = load_world_mesh(exports[-1])  # files are y-up by default; the scene is in the z-up world
     with open(scene_path) as fp:
         scene = Scene.from_json(fp.read())
-    quality = evaluate_mesh(mesh, scene)
-    return quality.chamfer_l1, quality.accuracy, quality.color_error, len(mesh.faces)
+    return evaluate_mesh(mesh, scene), len(mesh.faces)
 
 
-def dataset_for(name: str, out_root: str) -> str:
+def evaluate(trial: str, scene_path: str) -> tuple[float, float, float, int]:
+    quality, faces = evaluate_export(trial, scene_path)
+    return quality.chamfer_l1, quality.accuracy, quality.color_error, faces
+
+
+def dataset_for(name: str, out_root: str, example: str = EXAMPLE,
+                make: Optional[Callable[[str, int], Any]] = None) -> str:
+    """The bundled `example`, or for `seed:N` an unseen object rendered by `make(folder, N)` (default: a static
+    random object, scripts/make_example.py) into out_root/data/seedN, once."""
     if name == "example":
-        return EXAMPLE
+        return example
     if not name.startswith("seed:"):
         raise SystemExit(f"Unknown object '{name}': use 'example' or 'seed:N'.")
-    from make_example import make_dataset
-    from procedural_scene import random_scene
+    if make is None:
+        from make_example import make_dataset
+        from procedural_scene import random_scene
+
+        def make(folder: str, seed: int) -> Any:
+            return make_dataset(folder, random_scene(seed), seed=seed)
 
     seed = int(name.split(":")[1])
     folder = os.path.join(out_root, "data", f"seed{seed}")
-    if not os.path.isfile(os.path.join(folder, "transforms_test.json")):
-        make_dataset(folder, random_scene(seed), seed=seed)
+    if not os.path.isfile(os.path.join(folder, "scene.json")):
+        make(folder, seed)
     return folder
 
 

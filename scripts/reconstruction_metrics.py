@@ -25,6 +25,9 @@ class MeshQuality:
     accuracy: float  # mesh -> true surface
     completeness: float  # true surface -> mesh
     color_error: float  # NaN when the mesh has no texture
+    # mean angle (degrees) between the true surface normal at a true-surface point and the normal of the
+    # closest mesh face (mesh faces wound counter-clockwise from outside)
+    normal_error_deg: float = float("nan")
 
 
 def _texture_lookup(mesh: trimesh.Trimesh):
@@ -69,6 +72,19 @@ def distance_to_scene(scene: Scene, points: np.ndarray, surface_tree: cKDTree) -
     return out
 
 
+def true_normals(scene: Scene, points: np.ndarray, owners: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    """Unit outward normals of the owning primitives at surface points (central differences of their SDFs)."""
+    normals = np.zeros_like(points)
+    for index, prim in enumerate(scene.primitives):
+        sel = owners == index
+        if not sel.any():
+            continue
+        p = points[sel]
+        grad = np.stack([prim.sdf(p + eps * e) - prim.sdf(p - eps * e) for e in np.eye(3)], axis=-1)
+        normals[sel] = grad / np.maximum(np.linalg.norm(grad, axis=-1, keepdims=True), 1e-12)
+    return normals
+
+
 def evaluate_mesh(mesh: trimesh.Trimesh, scene: Scene, n_points: int = 100_000, seed: int = 0) -> MeshQuality:
     """Chamfer-L1 (world units) and texture colour error of `mesh` (z-up world) against `scene`."""
     dense, _ = scene.sample_surface(2_000_000, seed=seed + 1)
@@ -78,6 +94,8 @@ def evaluate_mesh(mesh: trimesh.Trimesh, scene: Scene, n_points: int = 100_000, 
     true_points, owners = scene.sample_surface(n_points, seed=seed + 2)
     closest, faces, dist = closest_points_on_mesh(mesh, true_points)
     completeness = float(dist.mean())
+    cos = np.sum(np.asarray(mesh.face_normals)[faces] * true_normals(scene, true_points, owners), axis=-1)
+    normal_error = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).mean())
     uv, texture = _texture_lookup(mesh)
     color_error = float("nan")
     if uv is not None:
@@ -89,4 +107,4 @@ def evaluate_mesh(mesh: trimesh.Trimesh, scene: Scene, n_points: int = 100_000, 
         predicted = sample_texture(texture, uv_points)
         truth = scene.color_at(true_points, owners)
         color_error = float(np.abs(predicted - truth).mean())
-    return MeshQuality(0.5 * (accuracy + completeness), accuracy, completeness, color_error)
+    return MeshQuality(0.5 * (accuracy + completeness), accuracy, completeness, color_error, normal_error)

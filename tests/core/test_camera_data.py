@@ -87,6 +87,15 @@ def test_eval_orbits():
     assert view["index"].item() == 30
 
 
+def test_eval_distance_is_absolute_even_with_relative_training_radius():
+    # MVDream-threestudio: training distances are relative (divided by tan(fovy/2)), evaluation ones are not
+    dm = _multiview(eval_camera_distance=3.0, eval_fovy_deg=40.0)
+    assert dm.cfg.relative_radius
+    for dataset in (dm.val_dataset, dm.test_dataset):
+        view = dataset[0]
+        torch.testing.assert_close(view["camera_positions"].norm(dim=-1), torch.tensor([3.0]))
+
+
 def test_single_view_module_perturbs_and_stratifies_azimuth():
     dm = threestudio.find("random-camera-datamodule")({"batch_size": 4, "height": 8, "width": 8})
     dm.setup()

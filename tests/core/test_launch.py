@@ -55,7 +55,7 @@ def losses(trial):
 
 
 def load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +143,8 @@ def test_second_ctrl_c_exits(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, out
+    assert "Second Ctrl-C: exiting now" in out or "Ctrl-C while writing" in out, out
+    assert "unexpected pos" not in out
     assert not glob.glob(str(trial / "save" / "*-test.mp4"))
 
 

@@ -62,3 +62,18 @@ def test_neural_environment_map_eval_color_and_random_aug():
     assert torch.allclose(out, out[:, :1, :1].expand_as(out))
     with pytest.raises(ConfigError, match="system.background.eval_color"):
         build_module("neural-environment-map-background", {"eval_color": [1.0]}, "system.background")
+
+
+def test_environment_map_random_aug_per_view_or_shared():
+    torch.manual_seed(0)
+    for shared in (False, True):
+        bg = build_module("neural-environment-map-background",
+                          {"random_aug": True, "random_aug_prob": 1.0, "share_aug_bg": shared}, "system.background")
+        bg.train()
+        out = bg(dirs(4, 3, 5))
+        assert torch.allclose(out, out[:, :1, :1].expand_as(out))  # solid per view
+        per_view = out[:, 0, 0]
+        if shared:
+            assert torch.allclose(per_view, per_view[:1].expand_as(per_view))
+        else:
+            assert (per_view[1:] - per_view[:1]).abs().max() > 1e-3

@@ -43,3 +43,32 @@ def _repo_root() -> str:
     import threestudio
 
     return os.path.dirname(os.path.dirname(os.path.abspath(threestudio.__file__)))
+
+
+def test_unavailable_cuda_package_is_reported_once_with_the_reason_and_the_fallback(monkeypatch, tmp_path, caplog):
+    from threestudio.utils import misc
+
+    (tmp_path / "broken_cuda_ext.py").write_text("raise OSError('libcuda_ext.so: undefined symbol _Zfoo')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(misc, "_CUDA_PACKAGE_ERRORS", {})
+    monkeypatch.setattr(misc, "_REPORTED", set())
+    with caplog.at_level("WARNING", logger="threestudio.utils.misc"):
+        assert not misc.cuda_package_available("broken_cuda_ext", "the CPU path")
+        assert not misc.cuda_package_available("broken_cuda_ext", "the CPU path")
+        assert not misc.cuda_package_available("no_such_cuda_package_xyz", "the PyTorch path")
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2  # once per package
+    assert "broken_cuda_ext" in messages[0] and "undefined symbol _Zfoo" in messages[0] and "the CPU path" in messages[0]
+    assert "no_such_cuda_package_xyz is unavailable on this CUDA machine (not installed); using the PyTorch path" \
+        in messages[1]
+    assert misc.cuda_package_error("broken_cuda_ext").startswith("OSError")
+
+
+def test_without_cuda_nothing_is_probed_or_logged(monkeypatch, caplog):
+    from threestudio.utils import misc
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level("WARNING"):
+        assert not misc.cuda_package_available("tinycudann")
+    assert misc.cuda_package_error("tinycudann") == "no CUDA device" and not caplog.records

@@ -9,8 +9,6 @@ import torch
 from threestudio.models.encodings import hash_grid_cpu
 from threestudio.models.encodings.hash_grid import HashGridEncoding, load_tcnn_params
 from threestudio.models.encodings.hash_grid_layout import (
-    PRIME_Y,
-    PRIME_Z,
     HashGridLayout,
     hash_grid_reference,
     init_params,
@@ -60,15 +58,17 @@ def test_reference_dense_and_hashed_indexing():
     x = (torch.tensor([[1.0, 2.0, 3.0]]) - 0.5) / s0
     out = hash_grid_reference(x, params, layout)
     assert torch.allclose(out[0, :2], torch.tensor([0.25, -0.5]), atol=1e-6)
-    # the last level is hashed with tcnn's primes
+    # the last level (resolution 128, 4096 entries) is hashed as tinycudann does: x ^ y*2654435761 ^ z*805459861
+    # in uint32, mod the table size. Fixed vectors, worked out independently of the implementation (the second
+    # one wraps the 32-bit products): (5,7,9) -> 3817949167 -> entry 2031, (100,77,123) -> 2274332366 -> 3790.
     last = layout.n_levels - 1
-    assert layout.hashed[last]
-    g = (5, 7, 9)
-    entry = (g[0] ^ ((g[1] * PRIME_Y) & 0xFFFFFFFF) ^ ((g[2] * PRIME_Z) & 0xFFFFFFFF)) % layout.level_sizes[last]
-    table[layout.offsets[last] + entry] = torch.tensor([1.5, 2.5])
-    x = (torch.tensor([g], dtype=torch.float32) - 0.5) / layout.scales[last]
-    out = hash_grid_reference(x, params, layout)
-    assert torch.allclose(out[0, -2:], torch.tensor([1.5, 2.5]), atol=1e-5)
+    assert layout.hashed[last] and layout.resolutions[last] == 128 and layout.level_sizes[last] == 4096
+    for g, entry, value in [((5, 7, 9), 2031, [1.5, 2.5]), ((100, 77, 123), 3790, [-0.75, 3.0])]:
+        params.zero_()
+        table[layout.offsets[last] + entry] = torch.tensor(value)
+        x = (torch.tensor([g], dtype=torch.float32) - 0.5) / layout.scales[last]
+        out = hash_grid_reference(x, params, layout)
+        assert torch.allclose(out[0, -2:], torch.tensor(value), atol=1e-5), g
 
 
 def test_reference_interpolates_trilinearly():
@@ -204,9 +204,9 @@ def test_backend_errors_are_clear():
 
 
 def test_kernel_build_failure_falls_back_to_reference(monkeypatch):
-    monkeypatch.setattr(hash_grid_cpu, "_lib", None)
-    monkeypatch.setattr(hash_grid_cpu, "_load_attempted", False)
-    monkeypatch.setattr(hash_grid_cpu, "_load_error", None)
+    monkeypatch.setattr(hash_grid_cpu._kernel, "lib", None)
+    monkeypatch.setattr(hash_grid_cpu._kernel, "attempted", False)
+    monkeypatch.setattr(hash_grid_cpu._kernel, "error", None)
 
     def broken():
         raise RuntimeError("no compiler")

@@ -67,3 +67,33 @@ class IdentityMaterial:
 
     def export(self, features: torch.Tensor) -> dict:
         return {"albedo": SphereField.color(features)}
+
+
+def make_blob_trial(root: str, geometry_cfg: dict, step: int = 700) -> str:
+    """A coarse trial folder as launch.py writes it (configs/parsed.yaml + ckpts/last.ckpt) holding an
+    implicit-volume whose density is its initial blob (zeroed density MLP); returns the checkpoint path."""
+    from omegaconf import OmegaConf
+
+    from threestudio.utils.base import build_module
+
+    geometry = build_module("implicit-volume", geometry_cfg, "system.geometry")
+    with torch.no_grad():
+        for p in geometry.density_network.parameters():
+            p.zero_()
+    os.makedirs(os.path.join(root, "configs"))
+    os.makedirs(os.path.join(root, "ckpts"))
+    OmegaConf.save({"system": {"geometry_type": "implicit-volume", "geometry": geometry_cfg}},
+                   os.path.join(root, "configs", "parsed.yaml"))
+    ckpt = os.path.join(root, "ckpts", "last.ckpt")
+    torch.save({"state_dict": {f"geometry.{k}": v for k, v in geometry.state_dict().items()}, "epoch": 0,
+                "global_step": step}, ckpt)
+    return ckpt
+
+
+def make_tiny_dataset_4d(out: str, size: int = 16, n_views: int = 2, n_holdout_views: int = 1, n_frames: int = 3,
+                         layout: str = "diffusion2") -> str:
+    """The moving example object at `size`², without supersampling, in either per-frame layout."""
+    make_example_4d = load_script("make_example_4d")
+    scene = load_script("procedural_motion").example_moving_scene()
+    return make_example_4d.make_dataset_4d(out, scene, n_views=n_views, n_holdout_views=n_holdout_views,
+                                           n_frames=n_frames, size=size, supersample=1, layout=layout)

@@ -56,7 +56,7 @@ def metrics(trial):
 
 
 def load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +86,14 @@ def test_train_saves_tests_and_keeps_the_prior_out_of_checkpoints(full_run, mvdr
 
 
 def test_two_phase_run_equals_the_single_run(full_run, mvdream_tiny_ckpt):
-    """Seed workflow: low-res run to the milestone, then mvdream-sd21-highres.yaml resumed from its checkpoint."""
+    """Seed workflow: low-res run to the milestone, then the high-res phase resumed from its checkpoint, spelled
+    as in the seed (`--train --train_highres resume=...`: mvdream-sd21-highres.yaml)."""
     root, trial, _ = full_run
     low = root / "mvdream-sd21-rescale0.5" / "lowres"
     (low / "ckpts").mkdir(parents=True)
     # the low-res run's step-3 checkpoint is the full run's (same config, same seed, same steps)
     shutil.copy(trial / "ckpts" / "epoch=0-step=3.ckpt", low / "ckpts" / "epoch=0-step=3.ckpt")
-    proc = train("mvdream-sd21-highres.yaml", root, "ignored", mvdream_tiny_ckpt,
+    proc = train("mvdream-sd21.yaml", root, "ignored", mvdream_tiny_ckpt, "--train_highres",
                  f"resume={low / 'ckpts' / 'epoch=0-step=3.ckpt'}", *TINY_HIGHRES)
     # the second run with the same prompt and model reads the text embeddings from the cache
     assert "2 read from the cache, 0 encoded" in proc.stderr
@@ -123,3 +124,27 @@ def test_shading_config_trains_and_exports_without_the_prior(tmp_path, mvdream_t
            "system.guidance.pretrained_model_name_or_path=/nonexistent/sd-v2.1-base-4view.pt")
     export = trial / "save" / "it3-export"
     assert (export / "model.obj").exists() and (export / "model.glb").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train_highres", "--train"], "add resume=<trial>/ckpts/epoch=0-step=5000.ckpt"),
+    (["--train_highres", "--test", "resume=x.ckpt"], "--train_highres goes with --train"),
+    (["--config", "configs/reconstruction-example.yaml", "--train", "--train_highres", "resume=x.ckpt"],
+     "does not apply to configs/reconstruction-example.yaml"),
+])
+def test_train_highres_alias_errors(argv, message, capsys):
+    sys.path.insert(0, REPO)
+    import launch as launcher
+
+    with pytest.raises(SystemExit) as exc:
+        launcher.parse_args(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_train_highres_alias_picks_the_highres_config():
+    sys.path.insert(0, REPO)
+    import launch as launcher
+
+    args, extras = launcher.parse_args(["--train", "--train_highres", "resume=a/ckpts/x.ckpt", "seed=1"])
+    assert args.train and args.config == os.path.join(REPO, "configs", "mvdream-sd21-highres.yaml")
+    assert extras == ["resume=a/ckpts/x.ckpt", "seed=1"]

@@ -118,18 +118,36 @@ def test_condition_is_cached_from_the_preprocessed_image(guidance_u, assets):
 
 
 def test_frame_subset_keeps_the_value_and_scales_the_gradient(guidance_u):
+    """The subset's gradient is the full one scaled by N/k up to float32 reduction order, not exactly: the VAE
+    then encodes the frames in other batches (with and without a graph), and oneDNN's convolutions sum in an
+    order that depends on the batch. The test measures that floor with the same full computation split into
+    other VAE chunks, and requires the subset's difference to be of that size (a real error would be larger).
+    Element-wise rtol fails on some machines for the smallest gradients, so errors are relative to the maximum."""
     sigma, eps = 1.7, fixed_noise(3)
-    full_rgb = renders(4)
-    full = guidance_u(full_rgb, sigma=sigma, noise=eps)
-    full["loss_sds"].backward()
-    sub_rgb = renders(4)
+
+    def gradient(**kwargs):
+        rgb = renders(4)
+        out = guidance_u(rgb, sigma=sigma, noise=eps, **kwargs)
+        out["loss_sds"].backward()
+        return out["loss_sds"].item(), rgb.grad
+
+    full_loss, full = gradient()
     frames = torch.tensor([3, 12])
-    sub = guidance_u(sub_rgb, sigma=sigma, noise=eps, grad_frames=frames)
-    sub["loss_sds"].backward()
-    assert sub["loss_sds"].item() == pytest.approx(full["loss_sds"].item(), rel=1e-5)
+    sub_loss, sub = gradient(grad_frames=frames)
+    assert sub_loss == pytest.approx(full_loss, rel=1e-5)
     others = [i for i in range(N) if i not in (3, 12)]
-    assert sub_rgb.grad[others].abs().max() == 0
-    assert torch.allclose(sub_rgb.grad[frames], full_rgb.grad[frames] * N / 2, rtol=1e-4, atol=1e-7)
+    assert sub[others].abs().max() == 0
+    chunk_size = guidance_u.cfg.vae_chunk_size
+    guidance_u.cfg.vae_chunk_size = 4
+    try:
+        _, full_rechunked = gradient()
+    finally:
+        guidance_u.cfg.vae_chunk_size = chunk_size
+    scale = full.abs().max()
+    subset_error = float((sub[frames] - full[frames] * N / 2).abs().max() / scale)
+    reduction_order_floor = float((full_rechunked - full).abs().max() / scale)
+    assert subset_error < 1e-4
+    assert subset_error <= 20 * reduction_order_floor + 1e-6, (subset_error, reduction_order_floor)
 
 
 def test_chunked_checkpointed_encoding_equals_plain(assets, guidance_u):

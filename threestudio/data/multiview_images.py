@@ -24,9 +24,9 @@ from threestudio.data.multiview_sources import (
     load_transforms,
     transforms_files,
 )
-from threestudio.utils.config import ConfigError
+from threestudio.utils.config import ConfigError, require_positive
 from threestudio.utils.misc import step_seed
-from threestudio.utils.ops import get_ray_directions, get_rays
+from threestudio.utils.ops import get_mvp_matrix, get_projection_matrix_from_intrinsics, get_ray_directions, get_rays
 
 BACKGROUNDS = ("white", "black", "random")
 
@@ -56,6 +56,9 @@ class MultiviewImageDataModuleConfig:
     orbit_azimuth_offset_deg: float = 0.0
     # training: random rays per step and the background the targets are composited on
     batch_size: int = 4096
+    # > 0: each training batch is this many whole random views (with `mvp_mtx`), for mesh rasterizers
+    # (nvdiff-rasterizer); 0: `batch_size` random rays (volume renderers)
+    train_views_per_step: int = 0
     background: str = "random"  # white | black | random (random colour per ray teaches the mask)
     # evaluation
     eval_background: str = "white"
@@ -78,6 +81,12 @@ def _rays_of(views: ViewSet) -> tuple[Tensor, Tensor]:
         o, d = get_rays(dirs, views.c2w[i:i + 1])
         rays_o.append(o[0]), rays_d.append(d[0])
     return torch.stack(rays_o), torch.stack(rays_d)
+
+
+def mvp_matrices(views: ViewSet) -> Tensor:
+    """(N, 4, 4) model-view-projection matrices of the views (NDC y up, row 0 at the top)."""
+    proj = get_projection_matrix_from_intrinsics(views.intrinsics, views.width, views.height)
+    return get_mvp_matrix(views.c2w, proj)
 
 
 def background_color(name: str) -> Tensor:
@@ -123,6 +132,46 @@ class RandomRayDataset(StepIndexedIterableDataset):
         }
 
 
+class RandomViewDataset(StepIndexedIterableDataset):
+    """Endless batches of `n_views` whole random training views (for rasterizers); step-indexed like rays."""
+
+    def __init__(self, views: ViewSet, n_views: int, background: str, seed: int,
+                 start_step: Callable[[], int]) -> None:
+        super().__init__(start_step)
+        self.views = views
+        self.n_views = n_views
+        self.background = background
+        self.seed = seed
+        self.rays_o, self.rays_d = _rays_of(views)
+        self.mvp = mvp_matrices(views)
+
+    def batch_at(self, step: int) -> dict:
+        gen = torch.Generator().manual_seed(step_seed(self.seed, step, "views"))
+        index = torch.randint(0, len(self.views), (self.n_views,), generator=gen)
+        v = self.views
+        if self.background == "random":
+            bg = torch.rand(self.n_views, 3, generator=gen)
+        else:
+            bg = background_color(self.background).expand(self.n_views, 3)
+        mask = v.masks[index]
+        bg_image = bg[:, None, None, :]
+        positions = v.c2w[index, :3, 3]
+        return {
+            "index": index,
+            "rays_o": self.rays_o[index],
+            "rays_d": self.rays_d[index],
+            "rgb": v.images[index] * mask + bg_image * (1 - mask),
+            "mask": mask,
+            "bg_color": bg_image.expand(-1, v.height, v.width, -1).contiguous(),
+            "mvp_mtx": self.mvp[index],
+            "c2w": v.c2w[index],
+            "camera_positions": positions,
+            "light_positions": positions,
+            "height": v.height,
+            "width": v.width,
+        }
+
+
 class ViewDataset(Dataset):
     """Whole views with their ground truth composited on the evaluation background."""
 
@@ -130,6 +179,7 @@ class ViewDataset(Dataset):
         self.views = views
         self.bg = background_color(background)
         self.rays_o, self.rays_d = _rays_of(views)
+        self.mvp = mvp_matrices(views)
 
     def __len__(self) -> int:
         return len(self.views)
@@ -145,6 +195,7 @@ class ViewDataset(Dataset):
             "mask": mask[None],
             "bg_color": self.bg,
             "c2w": v.c2w[index:index + 1],
+            "mvp_mtx": self.mvp[index:index + 1],
             "camera_positions": v.c2w[index:index + 1, :3, 3],
             "light_positions": v.c2w[index:index + 1, :3, 3],
             "height": v.height,
@@ -165,12 +216,21 @@ class MultiviewImageDataModule(CameraDataModule):
                                   f"{BACKGROUNDS if key == 'background' else BACKGROUNDS[:2]}.")
         if c.key_background not in (None, "white", "black"):
             raise ConfigError(f"{config_path}.key_background must be white, black or null, got '{c.key_background}'.")
+        if c.train_views_per_step < 0:
+            raise ConfigError(f"{config_path}.train_views_per_step must be >= 0, got {c.train_views_per_step}.")
         if c.test_views not in ("orbit", "split"):
             raise ConfigError(f"{config_path}.test_views must be 'orbit' or 'split', got '{c.test_views}'.")
         if c.convention not in ("auto", "transforms", "orbit"):
             raise ConfigError(f"{config_path}.convention must be auto, transforms or orbit, got '{c.convention}'.")
         if (c.height is None) != (c.width is None):
             raise ConfigError(f"{config_path}.height and width must be given together.")
+        for key in ("height", "width", "eval_height", "eval_width"):
+            if getattr(c, key) is not None:
+                require_positive(getattr(c, key), f"{config_path}.{key}")
+        for key in ("batch_size", "n_test_views"):
+            require_positive(getattr(c, key), f"{config_path}.{key}")
+        require_positive(c.n_val_views, f"{config_path}.n_val_views", allow_zero=True)
+        require_positive(c.holdout_every, f"{config_path}.holdout_every", allow_zero=True)
         self.train_views, self.val_views, self.test_views = self._load()
 
     # ------------------------------------------------------------------------ loading
@@ -235,8 +295,12 @@ class MultiviewImageDataModule(CameraDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         c = self.cfg
         if stage in (None, "fit"):
-            self.train_dataset = RandomRayDataset(self.train_views, c.batch_size, c.background, self.seed(),
-                                                  self.start_step)
+            if c.train_views_per_step > 0:
+                self.train_dataset = RandomViewDataset(self.train_views, c.train_views_per_step, c.background,
+                                                       self.seed(), self.start_step)
+            else:
+                self.train_dataset = RandomRayDataset(self.train_views, c.batch_size, c.background, self.seed(),
+                                                      self.start_step)
         self.val_dataset = ViewDataset(self.val_views.subset(range(min(c.n_val_views, len(self.val_views)))),
                                        c.eval_background)
         if c.test_views == "split":

@@ -7,6 +7,7 @@ OpenGL camera axes, docs/architecture.md §3) and pinhole intrinsics. Every prob
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from threestudio.utils.ops import orbit_c2w
+
+logger = logging.getLogger("threestudio")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".exr")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif")
@@ -204,6 +207,32 @@ def _intrinsics(meta: dict, frame: dict, width: int, height: int, json_path: str
     return fx * sx, fy * sy, cx * sx, cy * sy
 
 
+def _transform_matrix(value: Any, json_path: str, index: int) -> np.ndarray:
+    """A frame's camera-to-world matrix: 4x4 (or 3x4) finite numbers."""
+    where = f"{json_path}: frames[{index}].transform_matrix"
+    rows = value if isinstance(value, list) else None
+    if rows is None or not all(isinstance(r, list) for r in rows) or len({len(r) for r in rows}) > 1:
+        raise DatasetError(f"{where} must be a 4x4 (or 3x4) list of rows of numbers, got {str(value)[:80]}.")
+    try:
+        matrix = np.asarray(rows, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where} holds non-numbers: {str(value)[:80]}.") from None
+    if matrix.shape not in ((4, 4), (3, 4)):
+        raise DatasetError(f"{where} must be 4x4 (or 3x4), got {matrix.shape[0]}x{matrix.shape[1] if matrix.ndim > 1 else 0}.")
+    if not np.isfinite(matrix).all():
+        raise DatasetError(f"{where} contains NaN or infinite values.")
+    return matrix
+
+
+def warn_if_unmasked(has_mask: bool, source: str, key: str = "data.key_background") -> None:
+    """Images without alpha, mask folder or colour key train with mask = 1 everywhere: say so."""
+    if not has_mask:
+        logger.warning(
+            "%s: the images have no alpha channel and no mask folder (data.mask_dir), so every pixel counts as "
+            "object (mask = 1). If the object stands on a flat white or black background, set %s=white (or "
+            "black) to key it out; otherwise give RGBA images or data.mask_dir.", source, key)
+
+
 def load_transforms(json_path: str, mask_dir: Optional[str] = None, key_background: Optional[str] = None,
                     key_threshold: float = 0.02) -> ViewSet:
     """Read one transforms json and its images."""
@@ -221,10 +250,13 @@ def load_transforms(json_path: str, mask_dir: Optional[str] = None, key_backgrou
     images, masks, c2ws, intr, names = [], [], [], [], []
     has_mask = True
     for i, frame in enumerate(frames):
+        if not isinstance(frame, dict):
+            raise DatasetError(f"{json_path}: frames[{i}] must be an object with 'file_path' and "
+                               f"'transform_matrix', got {type(frame).__name__} {str(frame)[:60]!r}.")
         file_path = _require(frame, "file_path", f"frames[{i}]", json_path)
-        matrix = np.asarray(_require(frame, "transform_matrix", f"frames[{i}]", json_path), dtype=np.float32)
-        if matrix.shape not in ((4, 4), (3, 4)):
-            raise DatasetError(f"{json_path}: frames[{i}].transform_matrix must be 4x4 (or 3x4), got {matrix.shape}.")
+        if not isinstance(file_path, str) or not file_path:
+            raise DatasetError(f"{json_path}: frames[{i}].file_path must be a non-empty string, got {file_path!r}.")
+        matrix = _transform_matrix(_require(frame, "transform_matrix", f"frames[{i}]", json_path), json_path, i)
         if matrix.shape == (3, 4):
             matrix = np.concatenate([matrix, np.array([[0, 0, 0, 1]], np.float32)])
         path = _resolve_image(root, file_path, json_path, i)
@@ -233,6 +265,7 @@ def load_transforms(json_path: str, mask_dir: Optional[str] = None, key_backgrou
         height, width = rgb.shape[:2]
         intr.append(_intrinsics(meta, frame, width, height, json_path, i))
         images.append(rgb), masks.append(mask), c2ws.append(matrix), names.append(path)
+    warn_if_unmasked(has_mask, json_path)
     return ViewSet(_stack(images, names, json_path), _stack(masks, names, json_path),
                    torch.from_numpy(np.stack(c2ws)).float(), torch.tensor(intr, dtype=torch.float32), names, has_mask)
 
@@ -287,6 +320,7 @@ def load_orbit(path: str, elevation_deg: Any, distance: float, fovy_deg: float, 
                                    key_background, key_threshold)
         images.append(rgb), masks.append(mask)
         has_mask &= ok
+    warn_if_unmasked(has_mask, path)
     images_t, masks_t = _stack(images, names, path), _stack(masks, names, path)
     height, width = images_t.shape[1:3]
     c2w = orbit_c2w(elevation, orbit_azimuths(n, azimuth_offset_deg), torch.full((n,), float(distance)))

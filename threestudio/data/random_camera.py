@@ -10,7 +10,7 @@ import torch
 import threestudio
 from threestudio.data.base import CameraDataModule, OrbitViewDataset, StepIndexedIterableDataset
 from threestudio.data.camera_sampling import CameraRanges, sample_random_cameras
-from threestudio.utils.config import ConfigError
+from threestudio.utils.config import ConfigError, require_positive
 from threestudio.utils.misc import step_seed
 from threestudio.utils.schedule import milestone_value
 
@@ -37,6 +37,7 @@ class RandomCameraDataModuleConfig:
     light_position_perturb: float = 1.0
     light_distance_range: list = field(default_factory=lambda: [0.8, 1.5])
     batch_uniform_azimuth: bool = True
+    # training camera distances divided by tan(fovy / 2) (MVDream-threestudio); evaluation distances are absolute
     relative_radius: bool = False
     eval_elevation_deg: float = 15.0
     eval_camera_distance: float = 1.5
@@ -90,6 +91,16 @@ class RandomCameraDataModule(CameraDataModule):
 
     def __init__(self, cfg: Optional[Any] = None, config_path: str = "data") -> None:
         super().__init__(cfg, config_path)
+        c = self.cfg
+        for key in ("height", "width", "batch_size", "eval_height", "eval_width", "eval_batch_size", "n_test_views",
+                    "n_view"):
+            require_positive(getattr(c, key), f"{config_path}.{key}")
+        require_positive(c.n_val_views, f"{config_path}.n_val_views", allow_zero=True)
+        milestones = list(c.resolution_milestones)
+        if milestones:
+            require_positive(milestones, f"{config_path}.resolution_milestones")
+            if any(b <= a for a, b in zip(milestones[:-1], milestones[1:])):
+                raise ConfigError(f"{config_path}.resolution_milestones must increase, got {milestones}.")
         # validate the phases now, before any work starts
         self._make_train_dataset()
 
@@ -99,7 +110,7 @@ class RandomCameraDataModule(CameraDataModule):
     def _orbit(self, n_views: int) -> OrbitViewDataset:
         c = self.cfg
         return OrbitViewDataset(n_views, c.eval_elevation_deg, c.eval_camera_distance, c.eval_fovy_deg,
-                                c.eval_height, c.eval_width, relative_radius=c.relative_radius)
+                                c.eval_height, c.eval_width)
 
     def setup(self, stage: Optional[str] = None) -> None:
         self.train_dataset = self._make_train_dataset()

@@ -22,7 +22,7 @@ import threestudio
 from threestudio.data.base import CameraDataModule, OrbitViewDataset, StepIndexedIterableDataset
 from threestudio.data.camera_sampling import camera_batch, orbit_cameras
 from threestudio.data.multiview_sources import orbit_azimuths
-from threestudio.utils.config import ConfigError
+from threestudio.utils.config import ConfigError, require_positive
 from threestudio.utils.misc import step_seed
 from threestudio.utils.ops import camera_positions_from_spherical, look_at_c2w
 
@@ -65,9 +65,13 @@ def load_reference_image(path: str, size: int = 576, image_frame_ratio: Optional
 
     if not os.path.isfile(path):
         raise ConfigError(f"{where}: image '{path}' does not exist.")
-    with Image.open(path) as im:
-        im.load()
-        image = im.copy()
+    try:
+        with Image.open(path) as im:
+            im.load()
+            image = im.copy()
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise ConfigError(f"{where}: '{path}' is not a readable image ({type(e).__name__}: {e}). "
+                          "Give an RGBA PNG whose alpha is the object mask.") from None
     try:
         rgb = preprocess_orbit_image(image, image_frame_ratio, size)
         rgba = image.convert("RGBA")
@@ -145,9 +149,10 @@ class SingleImageDataModule(CameraDataModule):
         c = self.cfg
         if c.image_path in ("???", ""):
             raise ConfigError(f"{config_path}.image_path is required: an RGBA image whose alpha is the object mask.")
-        for key in ("height", "width", "orbit_height", "orbit_width", "eval_height", "eval_width", "orbit_n_frames"):
-            if getattr(c, key) <= 0:
-                raise ConfigError(f"{config_path}.{key} must be positive, got {getattr(c, key)}.")
+        for key in ("height", "width", "orbit_height", "orbit_width", "eval_height", "eval_width", "orbit_n_frames",
+                    "n_test_views"):
+            require_positive(getattr(c, key), f"{config_path}.{key}")
+        require_positive(c.n_val_views, f"{config_path}.n_val_views", allow_zero=True)
         self.image_576, self.mask_576 = load_reference_image(c.image_path, 576, c.image_frame_ratio,
                                                              where=f"{config_path}.image_path")
         self.reference = self._reference_batch()

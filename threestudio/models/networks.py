@@ -21,17 +21,74 @@ from threestudio.models.encodings.directional import (
 )
 from threestudio.models.encodings.hash_grid import HashGridEncoding, tcnn_available
 from threestudio.utils.base import Updateable
+from threestudio.utils.config import ConfigError
 
 GRID_OTYPES = ("HashGrid", "DenseGrid", "TiledGrid", "Grid", "ProgressiveBandHashGrid")
 TCNN_MLP_OTYPES = ("FullyFusedMLP", "CutlassMLP")
 
 
-def _as_dict(config: Any) -> dict:
+def _as_dict(config: Any, where: str = "") -> dict:
     if isinstance(config, DictConfig):
         return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
     if isinstance(config, Mapping):
         return dict(config)
-    raise TypeError(f"Expected a mapping of network options, got {config!r}.")
+    raise ConfigError(f"{where or 'network config'}: expected a mapping of network options, got {config!r}.")
+
+
+_COMMON_KEYS = {"otype": str, "include_xyz": bool, "backend": str}
+_GRID_KEYS = {"n_levels": "pos", "n_features_per_level": "pos", "log2_hashmap_size": "pos", "base_resolution": "pos",
+              "per_level_scale": float, "interpolation": str}
+# keys each encoding / MLP reads ("pos": positive int); anything else is a typo the user should hear about
+ENCODING_KEYS: dict[str, dict] = {
+    **{otype: _GRID_KEYS for otype in ("HashGrid", "DenseGrid", "TiledGrid")},
+    "Grid": {**_GRID_KEYS, "type": str},
+    "ProgressiveBandHashGrid": {**_GRID_KEYS, "start_level": int, "start_step": int, "update_steps": "pos"},
+    "SphericalHarmonics": {"degree": "pos"},
+    "Frequency": {"n_frequencies": "pos"},
+    "ProgressiveBandFrequency": {"n_frequencies": "pos", "n_masking_step": int},
+    "Identity": {"scale": float, "offset": float},
+}
+MLP_KEYS = {"otype": str, "n_neurons": "pos", "n_hidden_layers": "pos", "activation": str,
+            "output_activation": (str, type(None)), "backend": str}
+
+
+def _check_keys(cfg: dict, allowed: dict, where: str, what: str) -> None:
+    """Unknown keys and values of the wrong type name the full config key."""
+    for key, value in cfg.items():
+        if key not in allowed:
+            raise ConfigError(f"Unknown key '{where}.{key}' for {what}. Valid keys: {', '.join(allowed)}.")
+        kind = allowed[key]
+        if kind == "pos":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+            wanted = "a positive integer"
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            wanted = "a number"
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            wanted = "an integer"
+        else:
+            ok = isinstance(value, kind)
+            wanted = "of type " + (kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind))
+        if not ok:
+            raise ConfigError(f"Invalid value for '{where}.{key}': {value!r} must be {wanted}.")
+
+
+def validate_encoding_config(config: Any, where: str = "encoding_config") -> dict:
+    """Check a tcnn-style encoding config before anything is built; returns it as a dict."""
+    cfg = _as_dict(config, where)
+    otype = cfg.get("otype")
+    if otype in ENCODING_KEYS:
+        _check_keys(cfg, {**_COMMON_KEYS, **ENCODING_KEYS[otype]}, where, f"the {otype} encoding")
+    return cfg
+
+
+def validate_mlp_config(config: Any, where: str = "mlp_network_config") -> dict:
+    """Check a tcnn-style MLP config (VanillaMLP, FullyFusedMLP, CutlassMLP)."""
+    cfg = _as_dict(config, where)
+    if cfg.get("otype", "VanillaMLP") in ("VanillaMLP",) + TCNN_MLP_OTYPES:
+        _check_keys(cfg, MLP_KEYS, where, f"the {cfg.get('otype', 'VanillaMLP')} network")
+    return cfg
 
 
 class _TruncExp(torch.autograd.Function):
@@ -128,9 +185,10 @@ class TCNNEncoding(nn.Module):
         return self.encoding(x).float()
 
 
-def get_encoding(n_input_dims: int, config: Any) -> CompositeEncoding:
-    """An encoding from a tcnn-style config; inputs are expected in [0, 1]."""
-    cfg = _as_dict(config)
+def get_encoding(n_input_dims: int, config: Any, where: str = "encoding_config") -> CompositeEncoding:
+    """An encoding from a tcnn-style config; inputs are expected in [0, 1]. `where` is the config key
+    errors name (e.g. system.geometry.pos_encoding_config)."""
+    cfg = validate_encoding_config(config, where)
     otype = cfg.get("otype")
     encoding: nn.Module
     if otype in GRID_OTYPES:
@@ -146,8 +204,8 @@ def get_encoding(n_input_dims: int, config: Any) -> CompositeEncoding:
     elif otype is not None and cfg.get("backend", "auto") != "torch" and tcnn_available():
         encoding = TCNNEncoding(n_input_dims, {k: v for k, v in cfg.items() if k not in ("include_xyz", "backend")})
     else:
-        raise ValueError(
-            f"Unknown encoding otype '{otype}'. Supported without tinycudann: "
+        raise ConfigError(
+            f"{where}.otype: Unknown encoding otype '{otype}'. Supported without tinycudann: "
             f"{', '.join(GRID_OTYPES + ('SphericalHarmonics', 'Frequency', 'ProgressiveBandFrequency', 'Identity'))}."
         )
     return CompositeEncoding(encoding, include_xyz=bool(cfg.get("include_xyz", False)))
@@ -262,9 +320,9 @@ class TCNNNetwork(nn.Module):
         return self.network(x).float()
 
 
-def get_mlp(n_input_dims: int, n_output_dims: int, config: Any) -> nn.Module:
+def get_mlp(n_input_dims: int, n_output_dims: int, config: Any, where: str = "mlp_network_config") -> nn.Module:
     """VanillaMLP, or FullyFusedMLP/CutlassMLP (tinycudann on CUDA, VanillaMLP elsewhere)."""
-    cfg = _as_dict(config)
+    cfg = validate_mlp_config(config, where)
     otype = cfg.get("otype", "VanillaMLP")
     if otype == "VanillaMLP":
         return VanillaMLP(n_input_dims, n_output_dims, cfg)
@@ -272,7 +330,7 @@ def get_mlp(n_input_dims: int, n_output_dims: int, config: Any) -> nn.Module:
         if cfg.get("backend", "auto") != "torch" and tcnn_available():
             return TCNNNetwork(n_input_dims, n_output_dims, {k: v for k, v in cfg.items() if k != "backend"})
         return VanillaMLP(n_input_dims, n_output_dims, cfg)
-    raise ValueError(f"Unknown MLP otype '{otype}'; expected VanillaMLP, FullyFusedMLP or CutlassMLP.")
+    raise ConfigError(f"{where}.otype: Unknown MLP otype '{otype}'; expected VanillaMLP, FullyFusedMLP or CutlassMLP.")
 
 
 def load_tcnn_mlp_params(mlp: VanillaMLP, params: torch.Tensor) -> None:

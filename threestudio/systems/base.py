@@ -1,6 +1,7 @@
 """The Lightning system base: config, per-step hooks, weighted losses, checkpoints without frozen priors."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -12,9 +13,19 @@ from torch import Tensor
 from threestudio.systems.optim import parse_optimizer, parse_scheduler
 from threestudio.utils.base import Updateable
 from threestudio.utils.config import ConfigError, parse_structured
-from threestudio.utils.misc import cleanup, get_rank, load_module_weights, step_seed
+from threestudio.utils.misc import (
+    NonFiniteError,
+    cleanup,
+    get_rank,
+    load_module_weights,
+    load_partial_state_dict,
+    step_seed,
+)
 from threestudio.utils.saving import SaverMixin
-from threestudio.utils.schedule import C
+from threestudio.utils.schedule import C, validate_schedule
+
+logger = logging.getLogger("threestudio")
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
@@ -31,6 +42,11 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         cleanup_after_validation_step: bool = False
         cleanup_after_test_step: bool = False
         test_video_fps: int = 30
+        # a NaN/inf loss term or gradient: "stop" the run (checkpoints written so far are kept, none is
+        # written after it) or "skip" the step (no parameter update) and count it, stopping after
+        # max_nonfinite_skips skipped steps
+        on_nonfinite: str = "stop"
+        max_nonfinite_skips: int = 100
 
     cfg: Config
     # Submodules (attribute names) left out of checkpoints: frozen priors are rebuilt from their own files.
@@ -40,9 +56,15 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg, where=config_path)
         self._loaded_global_step = 0
-        for key in self.cfg.loss:
+        self.config_path = config_path
+        self.nonfinite_skipped = 0
+        for key, value in self.cfg.loss.items():
             if not key.startswith("lambda_"):
                 raise ConfigError(f"{config_path}.loss.{key}: loss weights are named lambda_<term>.")
+            validate_schedule(value, f"{config_path}.loss.{key}")
+        if self.cfg.on_nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(f"{config_path}.on_nonfinite must be one of {NONFINITE_POLICIES}, "
+                              f"got '{self.cfg.on_nonfinite}'.")
         self.configure()
         if self.cfg.weights is not None:
             self.load_weights(self.cfg.weights, self.cfg.weights_ignore_modules)
@@ -56,7 +78,9 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
 
     def load_weights(self, path: str, ignore_modules: Optional[list] = None) -> None:
         state_dict, epoch, global_step = load_module_weights(path, ignore_modules=ignore_modules)
-        self.load_state_dict(state_dict, strict=False)
+        # frozen priors are never in checkpoints: their absence is expected, not reported
+        load_partial_state_dict(self, state_dict, f"{self.config_path}.weights '{path}'", "the system",
+                                ignore=self._excluded)
         self.do_update_step(epoch, global_step, on_load_weights=True)
 
     # ------------------------------------------------------------------ losses
@@ -67,14 +91,49 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
     def combine_losses(self, losses: dict[str, Tensor], prefix: str = "train") -> Tensor:
         """Sum `lambda_<name> * loss` over the terms, logging each term and weight separately."""
         total: Tensor = torch.zeros((), device=self.device)
+        nonfinite = []
         for name, value in losses.items():
             weight = self.loss_weight(name)
             self.log(f"{prefix}/loss_{name}", value.detach())
             self.log(f"{prefix}/lambda_{name}", weight)
             if weight != 0:
+                if not bool(torch.isfinite(value.detach()).all()):
+                    nonfinite.append(f"loss term '{name}'")
                 total = total + weight * value
+        if prefix == "train" and (nonfinite or not bool(torch.isfinite(total.detach()))):
+            # Lightning skips backward and the optimizer step of a training step that returns None
+            return self.on_nonfinite(", ".join(nonfinite) or "the total loss")  # type: ignore[return-value]
         self.log(f"{prefix}/loss", total.detach(), prog_bar=True)
         return total
+
+    def on_nonfinite(self, what: str) -> None:
+        """Stop (raise NonFiniteError) or count a skipped step, per `system.on_nonfinite`."""
+        message = f"step {self.true_global_step}: {what} is not finite (NaN or inf)"
+        if self.cfg.on_nonfinite == "stop" or self.nonfinite_skipped >= self.cfg.max_nonfinite_skips:
+            if self.cfg.on_nonfinite == "skip":
+                message += f" after {self.nonfinite_skipped} skipped steps ({self.config_path}.max_nonfinite_skips)"
+            raise NonFiniteError(
+                f"{message}. Training stopped; the checkpoints written so far are kept and no checkpoint is "
+                f"written from this state. Lower the learning rate or the weight of that loss, or set "
+                f"{self.config_path}.on_nonfinite=skip to skip such steps.")
+        self.nonfinite_skipped += 1
+        logger.warning("%s: step skipped (%d so far, %s.on_nonfinite=skip).", message, self.nonfinite_skipped,
+                       self.config_path)
+        self.log("train/nonfinite_skipped_steps", float(self.nonfinite_skipped))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # a finite loss can still give NaN/inf gradients (e.g. a sqrt at 0): never step with them
+        named = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
+        if not named:
+            return
+        norms = torch.stack(torch._foreach_norm([g for _, g in named]))
+        if bool(torch.isfinite(norms).all()):
+            return
+        bad = [n for (n, _), v in zip(named, norms) if not bool(torch.isfinite(v))]
+        self.on_nonfinite(f"the gradient of {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}")
+        for group in optimizer.param_groups:  # skip: no parameter is updated at this step
+            for p in group["params"]:
+                p.grad = None
 
     # --------------------------------------------------------- step bookkeeping
     @property
@@ -122,6 +181,13 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
     def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.cfg.cleanup_after_test_step:
             cleanup()
+
+    def check_training_inputs(self) -> None:
+        """Files that only training reads (a frozen prior's checkpoint, a conditioning image) exist: launch.py
+        calls this before a training run does any work. Modules opt in by defining the same method."""
+        for module in self.modules():
+            if module is not self and callable(getattr(module, "check_training_inputs", None)):
+                module.check_training_inputs()
 
     # -------------------------------------------------------------- optimizers
     def configure_optimizers(self) -> dict:

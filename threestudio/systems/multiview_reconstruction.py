@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 import threestudio
+from threestudio.models.renderers.base import Rasterizer
 from threestudio.systems.lift3d import BaseLift3DSystem
 from threestudio.utils.batch import render_inputs
 from threestudio.utils.config import ConfigError
@@ -42,12 +43,14 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
 
     # ----------------------------------------------------------------------------- rendering
     def render(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        return self.renderer(**render_inputs(batch))
+        return self.renderer(**render_inputs(batch, self.renderer.inputs))
 
     @torch.no_grad()
     def render_view(self, batch: dict[str, Any], normals: bool = False) -> dict[str, Tensor]:
         """A whole (1,H,W) view rendered in chunks of rays; returns the image-shaped outputs
         (with `comp_normal` when `normals` is set and the geometry has normals)."""
+        if isinstance(self.renderer, Rasterizer):
+            return {k: v for k, v in self.render(batch).items() if torch.is_tensor(v) and v.dim() == 4}
         renderer_cfg = getattr(self.renderer, "cfg", None)
         if normals and renderer_cfg is not None and hasattr(renderer_cfg, "return_comp_normal"):
             # normals cost extra field evaluations: ask for them only for the images that show them
@@ -78,6 +81,12 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
     # ------------------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.render(batch)
+        losses = self.training_losses(out, batch)
+        self.log("train/psnr", psnr(out["comp_rgb"].detach(), batch["rgb"]), prog_bar=True)
+        return self.combine_losses(losses)
+
+    def training_losses(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
+        """The unweighted loss terms of one training batch and its render."""
         target, mask = batch["rgb"], batch["mask"]
         pred = out["comp_rgb_fg"] if self.cfg.rgb_loss_masked else out["comp_rgb"]
         tgt = target * mask if self.cfg.rgb_loss_masked else target
@@ -87,8 +96,7 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
             "mask": mask_bce_loss(out["opacity"], mask),
             **regularizer_losses(out, lambda name: self.loss_weight(name) != 0),
         }
-        self.log("train/psnr", psnr(out["comp_rgb"].detach(), target), prog_bar=True)
-        return self.combine_losses(losses)
+        return losses
 
     # ---------------------------------------------------------------------------- evaluation
     def _eval_panels(self, out: dict[str, Tensor], batch: dict[str, Any], names: list) -> list[dict]:

@@ -52,7 +52,8 @@ class SV3DSystem(BaseLift3DSystem):
     # ------------------------------------------------------------------ rendering
     def _render(self, camera: CameraBatch, **options: Any) -> dict[str, Tensor]:
         """Render a camera batch; `options` (None: left out) go to the material."""
-        return self.renderer(**render_inputs(camera), **{k: v for k, v in options.items() if v is not None})
+        return self.renderer(**render_inputs(camera, self.renderer.inputs),
+                             **{k: v for k, v in options.items() if v is not None})
 
     def render_orbit(self, orbit: dict, grad_frames: Optional[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Render the N orbit views; only `grad_frames` (None: all) with autograd.

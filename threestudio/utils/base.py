@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from threestudio.utils.config import parse_structured
-from threestudio.utils.misc import get_device, load_module_weights
+from threestudio.utils.misc import get_device, load_module_weights, load_partial_state_dict
 
 
 class Updateable:
@@ -96,7 +96,7 @@ class BaseModule(nn.Module, Updateable):
             # format: path/to/weights.ckpt:module.name (":module.name" optional)
             path, _, prefix = self.cfg.weights.partition(":")
             state_dict, epoch, global_step = load_module_weights(path, module_name=prefix or None)
-            self.load_state_dict(state_dict)
+            load_partial_state_dict(self, state_dict, f"weights file '{path}'", f"{config_path or type(self).__name__}")
             self.do_update_step(epoch, global_step, on_load_weights=True)
 
     def configure(self, *args: Any, **kwargs: Any) -> None:

@@ -7,7 +7,7 @@ are for the system (ground truth, indices) or for guidances (cameras).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, TypedDict
+from typing import Any, Mapping, Sequence, TypedDict
 
 import torch
 from torch import Tensor
@@ -41,9 +41,13 @@ RENDER_INPUTS = ("rays_o", "rays_d", "light_positions", "bg_color")
 BATCH_KEYS = frozenset(CameraBatch.__annotations__)
 
 
-def render_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """The renderer's inputs of a camera batch (`RENDER_INPUTS` that are present)."""
-    return {k: batch[k] for k in RENDER_INPUTS if k in batch}
+# what a mesh rasterizer (nvdiff-rasterizer) consumes: whole views with their camera matrices
+RASTER_INPUTS = RENDER_INPUTS + ("mvp_mtx", "camera_positions", "height", "width")
+
+
+def render_inputs(batch: Mapping[str, Any], keys: Sequence[str] = RENDER_INPUTS) -> dict[str, Any]:
+    """The renderer's inputs of a camera batch (those of `keys`, a renderer's `inputs`, that are present)."""
+    return {k: batch[k] for k in keys if k in batch}
 
 
 def render_options(kwargs: Mapping[str, Any]) -> dict[str, Any]:

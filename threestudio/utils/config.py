@@ -1,9 +1,14 @@
 """Experiment configuration: YAML + CLI dotlist merged by OmegaConf, validated against dataclasses."""
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import difflib
+import inspect
 import math
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional
@@ -15,6 +20,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or missing."""
+
+
+types_union = getattr(types, "UnionType", None)  # `int | None` annotations (Python >= 3.10)
 
 
 def _register_resolvers() -> None:
@@ -61,6 +69,11 @@ class ExperimentConfig:
     n_gpus: int = 1
 
     resume: Optional[str] = None
+    # memory preset of the distillation recipes (threestudio/utils/presets.py), applied between the YAML and the
+    # command line; load_config records it in `preset_applied` and clears `preset`, so a saved parsed.yaml holds
+    # the resolved values and reloading it does not apply the preset over later overrides again
+    preset: Optional[str] = None
+    preset_applied: Optional[str] = None
 
     data_type: str = ""
     data: dict = field(default_factory=dict)
@@ -103,6 +116,18 @@ def load_config(*yamls: str, cli_args: Optional[list[str]] = None, from_string: 
                     raise ConfigError(f"Config file '{path}' does not exist.")
                 loaded.append(OmegaConf.load(path))
         cfg = OmegaConf.merge(*loaded, OmegaConf.from_dotlist(cli_args), OmegaConf.create(overrides))
+        preset = OmegaConf.select(cfg, "preset", default=None)
+        if preset is not None:
+            from threestudio.utils.presets import PresetError, preset_overrides
+
+            try:
+                layer = preset_overrides(str(OmegaConf.select(cfg, "system_type", default="")), str(preset))
+            except PresetError as e:
+                raise ConfigError(str(e)) from None
+            dotlist = [f"{k}={v}" for k, v in layer.items()]
+            cfg = OmegaConf.merge(*loaded, OmegaConf.from_dotlist(dotlist), OmegaConf.from_dotlist(cli_args),
+                                  OmegaConf.create(overrides))
+            cfg.preset, cfg.preset_applied = None, str(preset).lower()
         OmegaConf.resolve(cfg)
     except (OmegaConfBaseException, yaml.YAMLError) as e:
         raise ConfigError(f"Could not build the configuration: {e}") from e
@@ -165,3 +190,80 @@ def parse_structured(fields: type, cfg: Optional[Any] = None, where: str = "") -
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         raise ConfigError(f"Invalid value for '{_key_path(where, key)}': {str(e).splitlines()[0]}") from None
+
+
+# ------------------------------------------------------------ options passed on to a library's signature
+def _matches_annotation(value: Any, annotation: Any) -> bool:
+    """Whether a YAML value can be of type `annotation` (unknown typing constructs are accepted)."""
+    if annotation in (Any, inspect.Parameter.empty, object):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or (types_union is not None and origin is types_union):
+        return any(_matches_annotation(value, a) for a in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, set, collections.abc.Sequence, collections.abc.Iterable):
+        return isinstance(value, (list, tuple))
+    if origin in (dict, collections.abc.Mapping):
+        return isinstance(value, dict)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def _describe_annotation(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    text = str(annotation).replace("typing.", "")
+    return text if len(text) < 120 else text[:117] + "..."
+
+
+def validate_call_options(target: Any, options: Any, where: str, reserved: Optional[dict[str, str]] = None) -> dict:
+    """Check a config dict that is passed as keyword arguments to `target` (e.g. `trainer:` to
+    `pytorch_lightning.Trainer`): unknown keys, and values that cannot have the annotated type, raise a
+    ConfigError naming `where.key` before any work. Returns the options as a plain dict."""
+    options = config_to_primitive(options) or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: expected a mapping of {getattr(target, '__name__', target)} options, "
+                          f"got {options!r}.")
+    init = target.__init__ if isinstance(target, type) else target
+    params = {n: p for n, p in inspect.signature(init).parameters.items()
+              if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # noqa: BLE001 - unresolvable forward references: fall back to no type check
+        hints = {}
+    name = getattr(target, "__name__", str(target))
+    for key, value in options.items():
+        if reserved and key in reserved:
+            raise ConfigError(f"{where}.{key}: {reserved[key]}")
+        if key not in params:
+            close = difflib.get_close_matches(str(key), list(params), n=1)
+            hint = f" Did you mean '{where}.{close[0]}'?" if close else ""
+            raise ConfigError(f"Unknown config key '{where}.{key}' for {name}.{hint} "
+                              f"Valid keys: {', '.join(k for k in params if not reserved or k not in reserved)}.")
+        annotation = hints.get(key, inspect.Parameter.empty)
+        if not _matches_annotation(value, annotation):
+            raise ConfigError(f"Invalid value for '{where}.{key}': {value!r} is not of type "
+                              f"{_describe_annotation(annotation)}.")
+    return options
+
+
+def require_positive(value: Any, where: str, allow_zero: bool = False) -> None:
+    """A size or count: a positive int (or >= 0 with allow_zero); a list checks every entry."""
+    for item in value if isinstance(value, (list, tuple, ListConfig)) else [value]:
+        ok = isinstance(item, int) and not isinstance(item, bool) and (item >= 0 if allow_zero else item > 0)
+        if not ok:
+            raise ConfigError(f"{where} must be {'a non-negative' if allow_zero else 'a positive'} integer"
+                              f"{' (each entry)' if isinstance(value, (list, tuple, ListConfig)) else ''}, "
+                              f"got {value!r}.")

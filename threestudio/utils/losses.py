@@ -116,6 +116,37 @@ def normal_smooth_3d_loss(normal: Tensor, normal_perturb: Tensor) -> Tensor:
     return (normal - normal_perturb).abs().mean()
 
 
+def normal_consistency(vertices: Tensor, faces: Tensor) -> Tensor:
+    """Mean of 1 - cos(angle) between the normals of the two faces of every interior edge (0: flat)."""
+    from threestudio.models.rasterization.reference import construct_topology
+
+    v = vertices[faces]
+    normals = F.normalize(torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1), dim=-1)
+    opp = construct_topology(faces).long()
+    face = torch.arange(faces.shape[0], device=faces.device)[:, None].expand_as(opp)
+    pair = opp > face  # each interior edge once
+    if not pair.any():
+        return vertices.sum() * 0
+    cos = (normals[face[pair]] * normals[opp[pair]]).sum(-1)
+    return (1.0 - cos).mean()
+
+
+def laplacian_smoothness(vertices: Tensor, faces: Tensor) -> Tensor:
+    """Mean squared distance of every vertex to the mean of its edge neighbours (uniform Laplacian)."""
+    f = faces.long()
+    edges = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    edges = torch.unique(torch.sort(edges, dim=1).values, dim=0)
+    src = torch.cat([edges[:, 0], edges[:, 1]])
+    dst = torch.cat([edges[:, 1], edges[:, 0]])
+    n = vertices.shape[0]
+    total = torch.zeros_like(vertices).index_add(0, src, vertices[dst])
+    degree = torch.zeros(n, dtype=vertices.dtype, device=vertices.device).index_add(
+        0, src, torch.ones_like(src, dtype=vertices.dtype))
+    used = degree > 0
+    lap = total[used] / degree[used, None] - vertices[used]
+    return (lap ** 2).sum(-1).mean()
+
+
 # name -> (renderer outputs it needs, what to set when they are missing, the term)
 _Term = tuple[tuple[str, ...], str, Callable[[dict[str, Tensor]], Tensor]]
 REGULARIZERS: dict[str, _Term] = {
@@ -135,6 +166,10 @@ REGULARIZERS: dict[str, _Term] = {
                       lambda o: normal_smooth_2d_loss(o["comp_normal"])),
     "3d_normal_smooth": (("normal", "normal_perturb"), "system.renderer.return_normal_perturb: true",
                          lambda o: normal_smooth_3d_loss(o["normal"], o["normal_perturb"])),
+    "normal_consistency": (("mesh",), "a mesh renderer: nvdiff-rasterizer with tetrahedra-sdf-grid",
+                           lambda o: normal_consistency(o["mesh"].vertices, o["mesh"].faces)),
+    "laplacian_smoothness": (("mesh",), "a mesh renderer: nvdiff-rasterizer with tetrahedra-sdf-grid",
+                             lambda o: laplacian_smoothness(o["mesh"].vertices, o["mesh"].faces)),
 }
 
 

@@ -95,6 +95,22 @@ def get_projection_matrix(fovy_rad: Tensor, aspect_wh: float, near: float = 0.01
     return proj
 
 
+def get_projection_matrix_from_intrinsics(intrinsics: Tensor, width: int, height: int, near: float = 0.01,
+                                          far: float = 100.0) -> Tensor:
+    """(B, 4) pixel intrinsics (fx, fy, cx, cy), image row 0 at the top -> (B, 4, 4) OpenGL projection with
+    NDC y up (+1 at the top row); equals `get_projection_matrix` for a centred principal point."""
+    fx, fy, cx, cy = intrinsics.unbind(-1)
+    proj = torch.zeros(intrinsics.shape[0], 4, 4, dtype=torch.float32, device=intrinsics.device)
+    proj[:, 0, 0] = 2.0 * fx / width
+    proj[:, 0, 2] = 1.0 - 2.0 * cx / width
+    proj[:, 1, 1] = 2.0 * fy / height
+    proj[:, 1, 2] = 2.0 * cy / height - 1.0
+    proj[:, 2, 2] = -(far + near) / (far - near)
+    proj[:, 2, 3] = -2.0 * far * near / (far - near)
+    proj[:, 3, 2] = -1.0
+    return proj
+
+
 def get_mvp_matrix(c2w: Tensor, proj: Tensor) -> Tensor:
     """Model-view-projection (B,4,4) = proj @ inverse(c2w)."""
     return proj @ torch.linalg.inv(c2w)

@@ -59,3 +59,23 @@ def milestone_value(values: Sequence[Any], milestones: Sequence[int], step: int)
         )
     index = sum(step >= m for m in milestones)
     return values[index]
+
+
+def validate_schedule(value: Any, where: str) -> None:
+    """Check a schedulable scalar up front; the error names the config key `where` (e.g. system.loss.lambda_sds)."""
+    from threestudio.utils.config import ConfigError
+
+    items = _as_list(value)
+    for item in items or [value]:
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or item != item or abs(item) == float("inf"):
+            raise ConfigError(f"{where}: {value!r} is not a number or a schedule of numbers "
+                              "([start_step, start_value, end_value, end_step]).")
+    try:
+        schedule_value(value, 0, 0)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if items:
+        full = [0] + items if len(items) == 3 else items
+        steps = [full[0]] + full[3::2]
+        if any(b < a for a, b in zip(steps[:-1], steps[1:])):
+            raise ConfigError(f"{where}: the steps of schedule {items!r} ({steps}) must not decrease.")

@@ -121,7 +121,8 @@ def _read_torch(path: Path, size: int) -> StateDict:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
         message = str(exc)
-        if "weights_only" in message or "Unsupported global" in message:
+        # a GLOBAL opcode names a Python callable; other weights-only failures (e.g. random bytes) are corruption
+        if "GLOBAL" in message or "Unsupported global" in message:
             raise MVDreamCheckpointError(
                 f"'{path}' contains pickled Python objects besides tensors, which are not loaded for safety "
                 "(torch.load(weights_only=True)). Re-save only its state dict, e.g. "

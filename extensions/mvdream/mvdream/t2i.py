@@ -59,8 +59,24 @@ def set_seed(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def check_args(args: argparse.Namespace) -> Optional[str]:
+    """The first bad argument as a message, or None; checked before the model is loaded."""
+    for flag in ("steps", "num_frames", "num_samples", "size"):
+        if getattr(args, flag) < 1:
+            return f"--{flag} must be at least 1, got {getattr(args, flag)}"
+    if args.size % 8:
+        return f"--size must be a multiple of 8 (the VAE factor), got {args.size}"
+    if not np.isfinite(args.guidance_scale):
+        return f"--guidance_scale must be a finite number, got {args.guidance_scale}"
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     from .pipeline import MVDreamPipeline  # heavy imports after argument parsing (fast --help)
 
     if args.pretrained:

@@ -41,13 +41,19 @@ def sv3d_p_camera_ids(
     elevations_deg: Union[float, Sequence[float]] = 10.0,
     azimuths_deg: Optional[Sequence[float]] = None,
     num_frames: int = 21,
+    last_azimuth_full_turn: bool = False,
 ) -> torch.Tensor:
     """(T, 2) [polar_rad, azimuth_rad] per frame as sv3d_p expects them: polar = 90 deg - elevation; azimuth
-    relative to the last frame's, wrapped to [0, 360) deg."""
+    relative to the last frame's, wrapped to [0, 360) deg.
+
+    `last_azimuth_full_turn`: give the last (input) view the id 2*pi instead of 0, as Diffusion²'s sampling
+    script does (the same camera, but a different sinusoid for the model)."""
     elev = _per_frame(elevations_deg, num_frames, "elevations_deg")
     az = orbit_azimuths_deg(num_frames) if azimuths_deg is None else _per_frame(azimuths_deg, num_frames, "azimuths_deg")
     polars = [math.radians(90.0 - e) for e in elev]
     rel = [math.radians((a - az[-1]) % 360.0) for a in az]
+    if last_azimuth_full_turn:
+        rel[-1] = 2.0 * math.pi
     return torch.tensor([polars, rel], dtype=torch.float64).t().to(torch.float32)
 
 
@@ -80,10 +86,13 @@ def write_transforms_json(
     distance: float = SV3D_CAMERA_DISTANCE,
     width: Optional[int] = None,
     height: Optional[int] = None,
+    extra: Optional[dict] = None,
 ) -> dict:
-    """Write the orbit's cameras as transforms.json (NeRF-synthetic layout); azimuths relative to the input view."""
+    """Write the orbit's cameras as transforms.json (NeRF-synthetic layout); azimuths relative to the input view.
+    `extra`: more top-level entries (e.g. a frame's time in a 4-D sequence)."""
     c2w = orbit_c2w(elevations_deg, azimuths_deg, distance)
     data = {"camera_angle_x": math.radians(fov_deg), "frames": []}
+    data.update(extra or {})
     if width and height:
         data["w"], data["h"] = int(width), int(height)
     for fp, m, e, a in zip(file_paths, c2w, elevations_deg, azimuths_deg):

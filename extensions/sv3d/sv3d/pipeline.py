@@ -16,7 +16,7 @@ from .cameras import orbit_azimuths_deg, sv3d_p_camera_ids
 from .checkpoint import load_checkpoint
 from .config import VERSIONS, ModelSpec, detect_version, family_of_version, shipped_config_path, spec_from_config
 from .loading import LoadReport, build_components
-from .preprocess import clip_preprocess, image_to_tensor, preprocess_orbit_image, preprocess_video_image
+from .preprocess import clip_preprocess, image_to_tensor, open_image, preprocess_orbit_image, preprocess_video_image
 from .sampling import (
     apply_guidance,
     edm_denoise,
@@ -178,6 +178,26 @@ class SV3DPipeline(DiffusionPipeline):
             concat = concat[:, None].expand(-1, x.shape[1], -1, -1, -1)
         return edm_denoise(self.unet, x, sigma, concat, context, ids)
 
+    def guided_denoise(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        concat: torch.Tensor,
+        context: torch.Tensor,
+        ids: torch.Tensor,
+        scales: torch.Tensor,
+    ) -> torch.Tensor:
+        """Classifier-free-guided D(x; sigma) of B videos in one UNet batch of 2B (unconditional half first, with
+        the CLIP embedding and the condition latents zeroed, as the original guider). x (B, T, 4, h, w); sigma (B,);
+        concat (B, 4, h, w) or (B, T, 4, h, w); context (B, 1, D); ids (B, T, K); scales (T,) per-frame CFG."""
+        if concat.dim() == 4:
+            concat = concat[:, None].expand(-1, x.shape[1], -1, -1, -1)
+        concat2 = torch.cat([torch.zeros_like(concat), concat])
+        context2 = torch.cat([torch.zeros_like(context), context])
+        d = edm_denoise(self.unet, torch.cat([x, x]), torch.cat([sigma, sigma]), concat2, context2, torch.cat([ids, ids]))
+        uncond, cond = d.chunk(2)
+        return apply_guidance(uncond, cond, scales)
+
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, decoding_t: int = 14) -> torch.Tensor:
         """(T, 4, h, w) scaled latents -> (T, 3, H, W) in [-1, 1], `decoding_t` frames at a time."""
@@ -221,16 +241,12 @@ class SV3DPipeline(DiffusionPipeline):
             noise = torch.randn((1, num_frames, 4, h, w), generator=generator)
         noise = noise.to(self.device)
         concat_t = concat[:, None].expand(-1, num_frames, -1, -1, -1) if concat.dim() == 4 else concat
-        uncond_concat, uncond_context = torch.zeros_like(concat_t), torch.zeros_like(context)
 
         def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             if cfg_batch:
-                d = edm_denoise(self.unet, torch.cat([x, x]), torch.cat([sigma, sigma]),
-                                torch.cat([uncond_concat, concat_t]), torch.cat([uncond_context, context]), torch.cat([ids, ids]))
-                uncond, cond = d.chunk(2)
-            else:
-                uncond = edm_denoise(self.unet, x, sigma, uncond_concat, uncond_context, ids)
-                cond = edm_denoise(self.unet, x, sigma, concat_t, context, ids)
+                return self.guided_denoise(x, sigma, concat_t, context, ids, scales)
+            uncond = edm_denoise(self.unet, x, sigma, torch.zeros_like(concat_t), torch.zeros_like(context), ids)
+            cond = edm_denoise(self.unet, x, sigma, concat_t, context, ids)
             return apply_guidance(uncond, cond, scales)
 
         sigmas = edm_sigmas(num_steps, self.spec.sigma_min, self.spec.sigma_max, self.spec.rho).to(self.device)
@@ -261,12 +277,14 @@ class SV3DPipeline(DiffusionPipeline):
         preprocess: bool = True,
         callback=None,
         return_dict: bool = True,
+        last_azimuth_full_turn: bool = False,
     ) -> Union[SV3DOutput, tuple]:
         """One image -> one video (SVD) or one 21-view orbit (SV3D: the last frame is the input view; SVD-MV: the
         first frame is at the input view).
 
         `callback(step, latents, denoised)` runs after every Euler step. return_dict=False returns the tuple
-        (frames, latents) instead of an `SV3DOutput`."""
+        (frames, latents) instead of an `SV3DOutput`. `last_azimuth_full_turn` (sv3d_p): the input view's azimuth
+        id is 2*pi instead of 0, as Diffusion² samples its reference orbit."""
         spec = self.spec
         sv3d = spec.family != "svd"
         num_frames = spec.num_frames if num_frames is None else int(num_frames)
@@ -288,8 +306,8 @@ class SV3DPipeline(DiffusionPipeline):
             azs = [float(a) for a in np.linspace(0, 360, num_frames + 1)[:-1]] if azimuths_deg is None else [float(a) for a in azimuths_deg]
         elif sv3d:
             az = orbit_azimuths_deg(num_frames) if azimuths_deg is None else np.asarray(azimuths_deg, dtype=np.float64)
-            cams = sv3d_p_camera_ids(elevs, az, num_frames)
-            azs = [float(np.degrees(a)) for a in cams[:, 1]]
+            cams = sv3d_p_camera_ids(elevs, az, num_frames, last_azimuth_full_turn)
+            azs = [float(np.degrees(a)) for a in cams[:-1, 1]] + [0.0]  # the last frame is the input view
             if spec.family == "sv3d_p":
                 polars, azims = cams[:, 0], cams[:, 1]
         ids = self.added_time_ids(num_frames, cond_aug, 1, polars, azims, fps_id, motion_bucket_id,
@@ -309,5 +327,5 @@ class SV3DPipeline(DiffusionPipeline):
 def _as_pil(image) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    return Image.open(image).convert("RGB")
+    return open_image(image).convert("RGB")
 

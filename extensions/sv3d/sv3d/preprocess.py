@@ -39,6 +39,18 @@ def remove_background(image: Image.Image) -> Image.Image:
     return rembg.remove(image.convert("RGBA"), alpha_matting=True)
 
 
+def open_image(path: Union[str, os.PathLike]) -> Image.Image:
+    """A decoded image file; a missing or undecodable file raises FileNotFoundError / ValueError naming it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image {os.fspath(path)!r} does not exist")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"image {os.fspath(path)!r} is not a readable image ({type(exc).__name__}: {exc})") from None
+    return image
+
+
 def _to_rgba(image: Image.Image) -> Optional[Image.Image]:
     if image.mode == "RGBA":
         return image
@@ -48,22 +60,33 @@ def _to_rgba(image: Image.Image) -> Optional[Image.Image]:
 
 
 def preprocess_orbit_image(
-    image: Union[str, os.PathLike, Image.Image], image_frame_ratio: Optional[float] = None, size: int = 576
+    image: Union[str, os.PathLike, Image.Image],
+    image_frame_ratio: Optional[float] = None,
+    size: int = 576,
+    recentre: bool = True,
 ) -> Image.Image:
     """SV3D input: crop to the alpha bounding box, centre on a square canvas, resize, composite on white.
 
     The square's side is max(box side) / image_frame_ratio, or the image height when no ratio is given (as the
     reference); it is never smaller than the box. Non-RGBA input goes through `remove_background`.
+    `recentre=False` keeps a square frame as it is (only resized and composited), as Diffusion² treats video
+    frames when no ratio is given; a non-square frame is then an error.
     """
     if not isinstance(image, Image.Image):
-        image = Image.open(image)
-        image.load()
+        image = open_image(image)
     rgba = _to_rgba(image)
     if rgba is None:
         rgba = remove_background(image)
     if image_frame_ratio is not None and not 0 < image_frame_ratio <= 1:
         raise ValueError(f"image_frame_ratio must be in (0, 1], got {image_frame_ratio}")
     arr = np.array(rgba)
+    if not recentre:
+        if arr.shape[0] != arr.shape[1]:
+            raise ValueError(
+                f"the frame is {arr.shape[1]}x{arr.shape[0]}, not square: give an image_frame_ratio so that the "
+                "object is cropped and centred on a square"
+            )
+        return _resize_on_white(arr, size)
     ys, xs = np.nonzero(arr[..., 3] > 0)
     if len(xs) == 0:
         raise ValueError("the image's alpha channel is empty (fully transparent): nothing to centre")
@@ -75,7 +98,12 @@ def preprocess_orbit_image(
     canvas = np.zeros((side, side, 4), dtype=np.uint8)
     c = side // 2
     canvas[c - h // 2 : c - h // 2 + h, c - w // 2 : c - w // 2 + w] = arr[y : y + h, x : x + w]
-    out = np.array(Image.fromarray(canvas).resize((size, size), Image.LANCZOS)) / 255.0
+    return _resize_on_white(canvas, size)
+
+
+def _resize_on_white(rgba: np.ndarray, size: int) -> Image.Image:
+    """(S, S, 4) uint8 -> size x size RGB, Lanczos-resized then composited on white."""
+    out = np.array(Image.fromarray(rgba).resize((size, size), Image.LANCZOS)) / 255.0
     rgb = out[..., :3] * out[..., 3:] + (1.0 - out[..., 3:])
     return Image.fromarray((rgb * 255).astype(np.uint8))
 
@@ -83,8 +111,7 @@ def preprocess_orbit_image(
 def preprocess_video_image(image: Union[str, os.PathLike, Image.Image]) -> Image.Image:
     """SVD input: RGB (alpha dropped, as the reference), sides cut down to multiples of 64."""
     if not isinstance(image, Image.Image):
-        image = Image.open(image)
-        image.load()
+        image = open_image(image)
     image = image.convert("RGB")
     w, h = image.size
     if w % 64 or h % 64:

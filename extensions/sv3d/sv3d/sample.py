@@ -17,6 +17,7 @@ import torch
 from .cameras import SV3D_CAMERA_DISTANCE, SV3D_FOV_DEG, write_transforms_json
 from .config import VERSIONS
 from .pipeline import SV3DOutput, SV3DPipeline
+from .preprocess import open_image
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +69,19 @@ def save_outputs(out: SV3DOutput, output_dir: str, fps: int = 7, fov_deg: float 
     return paths
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Bad values stop the run before the model is loaded (ValueError / FileNotFoundError naming the flag)."""
+    for flag in ("steps", "num_frames", "decoding_t", "fps"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag} must be at least 1, got {value}")
+    if args.image_size < 8 or args.image_size % 8:
+        raise ValueError(f"--image_size must be a positive multiple of 8 (the VAE factor), got {args.image_size}")
+    open_image(args.image)  # missing or undecodable input: say so before loading the model
+
+
 def run(args: argparse.Namespace) -> dict:
+    check_args(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if args.fp16 else None
     if args.fp16 and not str(device).startswith("cuda"):

@@ -119,7 +119,13 @@ def test_wrong_family_sd_layout_and_unknown_width(tmp_path):
     with pytest.raises(ValueError, match="Stable Diffusion"):
         SV3DPipeline.from_single_file(str(path))
     sd = {k: torch.zeros(s) for k, s in sgm_checkpoint_shapes("sv3d_u").items()}
+    sd["model.diffusion_model.label_emb.0.0.weight"] = torch.zeros(128, 384)
+    with pytest.raises(ValueError, match="unknown vector-conditioning width 384"):
+        detect_version(sd, "x.safetensors")
+    # 512 wide with 8 input channels is SVD-MV; with other input channels (e.g. Hi3D stage 2, 17) it is not
     sd["model.diffusion_model.label_emb.0.0.weight"] = torch.zeros(128, 512)
+    assert detect_version(sd, "x.safetensors") == "svd_mv"
+    sd["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(32, 17, 3, 3)
     with pytest.raises(ValueError, match="unknown vector-conditioning width 512"):
         detect_version(sd, "x.safetensors")
 

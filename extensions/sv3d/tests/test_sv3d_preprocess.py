@@ -65,3 +65,13 @@ def test_clip_preprocess_blurs_before_shrinking_and_normalises():
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
     assert torch.allclose(grey, ((0.5 - mean) / std).expand(2, 3, 224, 224), atol=1e-5)
+
+
+def test_square_frame_kept_whole_without_recentring():
+    arr = np.zeros((40, 40, 4), np.uint8)
+    arr[0:10, 0:10] = (200, 0, 0, 255)  # object in the corner stays in the corner
+    out = np.asarray(preprocess_orbit_image(Image.fromarray(arr), None, size=80, recentre=False))
+    assert out.shape == (80, 80, 3)
+    assert out[5, 5].tolist() == [200, 0, 0] and out[60, 60].tolist() == [255, 255, 255]
+    with pytest.raises(ValueError, match="not square: give an image_frame_ratio"):
+        preprocess_orbit_image(Image.new("RGBA", (40, 30), (1, 1, 1, 255)), None, recentre=False)

@@ -74,6 +74,8 @@ def test_orbit_azimuths_and_sv3d_p_ids():
     rel = sv3d_p_camera_ids([0, 30, 60], [100.0, 190.0, 40.0], 3)  # azimuths relative to the last (input) view
     assert torch.allclose(rel[:, 1], torch.tensor(np.radians([60.0, 150.0, 0.0]), dtype=torch.float32))
     assert torch.allclose(rel[:, 0], torch.tensor(np.radians([90.0, 60.0, 30.0]), dtype=torch.float32))
+    full = sv3d_p_camera_ids(10.0, None, 21, last_azimuth_full_turn=True)  # Diffusion²'s id of the input view
+    assert full[-1, 1].item() == pytest.approx(2 * math.pi) and torch.equal(full[:-1], ids[:-1])
     with pytest.raises(ValueError, match="list of 3 values for elevations_deg"):
         sv3d_p_camera_ids([1.0, 2.0], None, 3)
 

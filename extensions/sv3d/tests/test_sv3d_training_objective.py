@@ -71,6 +71,12 @@ def test_cfg_dropout_zeroes_exactly_concat_and_context():
         assert torch.equal(x2[i], context[i] if k else torch.zeros_like(context[i]))
     with pytest.raises(ValueError, match="4 coins"):
         cfg_keep_mask(4, 0.2, "sample", torch.tensor([0.5]))
+    # independent (Hi3D): the CLIP embedding and the latents of a clip are dropped by their own coins
+    keep_ctx = cfg_keep_mask(4, 0.2, "independent", torch.tensor([0.1, 0.9, 0.9, 0.1]))
+    keep_cat = cfg_keep_mask(4, 0.2, "independent", torch.tensor([0.9, 0.1, 0.9, 0.1]))
+    c3, x3 = apply_cfg_dropout(concat, context, keep_cat, keep_context=keep_ctx)
+    assert [bool(c3[i].any()) for i in range(4)] == [True, False, True, False]
+    assert [bool(x3[i].any()) for i in range(4)] == [False, True, True, False]
 
 
 def test_svd_mv_conditioning_noise_aug_in_pixel_space(tiny_svd_xt):
@@ -104,3 +110,33 @@ def test_sv3d_recipes_put_the_condition_view_last():
     assert torch.allclose(ids[0, :, 1], torch.deg2rad(torch.tensor([80.0, 60.0, 80.0, 80.0])))
     assert torch.allclose(ids[0, :, 2], torch.deg2rad(torch.tensor([90.0, 180.0, 270.0, 0.0])))
     assert get_recipe("sv3d_u").added_time_ids(torch.tensor([0.5]), ordered).shape == (1, 4, 1)
+
+
+@pytest.mark.parametrize("mode", ["layer", "block"])
+def test_checkpointing_keeps_loss_and_gradients(tiny_pipes, mode):
+    unet = tiny_pipes("sv3d_u").unet
+    unet.train()
+    g = torch.Generator().manual_seed(0)
+    args = (torch.randn(1, 3, 4, 8, 8, generator=g), torch.tensor([1.3]), torch.randn(1, 3, 4, 8, 8, generator=g),
+            torch.randn(1, 3, 4, 8, 8, generator=g), torch.randn(1, 1, 32, generator=g), torch.rand(1, 3, 1, generator=g))
+
+    def grads():
+        unet.zero_grad()
+        loss = edm_training_loss(unet, *args, "edm")
+        loss.backward()
+        return float(loss.detach()), {n: p.grad.clone() for n, p in unet.named_parameters()}
+
+    try:
+        ref_loss, ref = grads()
+        if mode == "block":
+            unet.enable_block_checkpointing()
+        else:
+            unet.enable_gradient_checkpointing()
+        loss, got = grads()
+    finally:
+        unet.enable_block_checkpointing(False)
+        unet.disable_gradient_checkpointing()
+        unet.zero_grad()
+        unet.eval()
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    assert all(torch.allclose(got[n], ref[n], atol=1e-6, rtol=1e-4) for n in ref)

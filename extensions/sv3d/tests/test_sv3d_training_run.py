@@ -84,17 +84,18 @@ def test_short_run_overfits_one_object_and_exports(tiny_svd_xt, dummy_orbits, tm
 
 @pytest.mark.slow
 def test_stopped_and_resumed_run_equals_uninterrupted(tiny_svd_xt, dummy_orbits, tmp_path):
-    common = {"checkpoint_every_n_steps": 2, "loss.cfg_mode": "sample", "loss.cfg_rate": 0.5, "ema.enabled": True, "ema.decay": 0.9}
-    full = _run(_args(tiny_svd_xt, dummy_orbits, str(tmp_path / "a"), max_steps=4, **common))
+    common = {"checkpoint_every_n_steps": 2, "loss.cfg_mode": "sample", "loss.cfg_rate": 0.5, "ema.enabled": True, "ema.decay": 0.9,
+              "optim.warmup_steps": 0}
+    full = _run(_args(tiny_svd_xt, dummy_orbits, str(tmp_path / "a"), max_steps=3, **common))
     _run(_args(tiny_svd_xt, dummy_orbits, str(tmp_path / "b"), max_steps=2, **common))
     with pytest.raises(FileExistsError, match="resume=latest"):
-        _run(_args(tiny_svd_xt, dummy_orbits, str(tmp_path / "b"), max_steps=4, **common))
-    resumed = _run(_args(tiny_svd_xt, dummy_orbits, str(tmp_path / "b"), max_steps=4, resume="latest", **common))
+        _run(_args(tiny_svd_xt, dummy_orbits, str(tmp_path / "b"), max_steps=3, **common))
+    resumed = _run(_args(tiny_svd_xt, dummy_orbits, str(tmp_path / "b"), max_steps=3, resume="latest", **common))
     assert resumed.losses == full.losses[2:]
     a, b = load_file(full.export["single_file"]), load_file(resumed.export["single_file"])
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)  # EMA weights, bit for bit
-    ra = load_file(str(tmp_path / "a" / "checkpoints" / "step_0000004" / "model.safetensors"))
-    rb = load_file(str(tmp_path / "b" / "checkpoints" / "step_0000004" / "model.safetensors"))
+    ra = load_file(str(tmp_path / "a" / "checkpoints" / "step_0000003" / "model.safetensors"))
+    rb = load_file(str(tmp_path / "b" / "checkpoints" / "step_0000003" / "model.safetensors"))
     assert all(torch.equal(ra[k], rb[k]) for k in ra)  # raw weights too
 
 
@@ -125,3 +126,22 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tiny_svd_xt,
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     print(f"max |1-process - 2-process| weight difference: {diff:.3g}")
     assert diff < 2e-6
+
+
+@pytest.mark.slow
+def test_sv3d_p_from_svd_xt_with_validation_and_export(tiny_svd_xt, tmp_path):
+    """SV3D_p fine-tuned from SVD-xt (embedding surgery) on a transforms.json orbit: validation orbits are written,
+    and the exported file (SVD-xt's temporal first stage, described by model.yaml) samples posed orbits."""
+    from sv3d.training.dummy_data import write_transforms_dataset
+
+    data = write_transforms_dataset(str(tmp_path / "orbit"), num_views=6, elevation=15.0, size=32)
+    res = _run(_args(tiny_svd_xt, data, str(tmp_path / "p"), recipe="sv3d_p", max_steps=1, **{
+        "validation.root": data, "validation.num_steps": 2, "validation.num_objects": 1}))
+    assert [sorted(os.listdir(os.path.dirname(v["grid"]))) for v in res.validation] == [["00.mp4", "00_grid.png"]]
+    from PIL import Image
+
+    assert Image.open(res.validation[0]["grid"]).size == (32 * 4, 64)  # input + 3 views, generated over ground truth
+    pipe = SV3DPipeline.from_single_file(res.export["single_file"], original_config=res.export["config"])
+    assert pipe.spec.family == "sv3d_p" and pipe.spec.first_stage == "temporal" and pipe.load_report.unexpected == []
+    out = pipe(os.path.join(data, "images", "000.png"), num_frames=3, num_steps=2, elevations_deg=[10.0, 20.0, 15.0], image_size=32)
+    assert out.frames.shape == (3, 3, 32, 32) and out.azimuths_deg[-1] == 0.0

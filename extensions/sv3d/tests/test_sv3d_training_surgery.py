@@ -72,3 +72,15 @@ def test_exported_single_file_loads_and_samples(tiny_svd_xt, tmp_path, rgba_obje
 
     again = SV3DUNet.from_pretrained(paths["diffusers"] + "/unet").state_dict()
     assert all(torch.equal(again[k], v) for k, v in trained.items())
+
+
+def test_freezing_spatial_or_temporal_layers(tiny_svd_xt):
+    from sv3d.training.models import set_trainable
+
+    unet = load_source_models(tiny_svd_xt, get_recipe("svd_mv")).unet
+    set_trainable(unet, freeze_spatial=True, freeze_temporal=False)
+    train = {n for n, p in unet.named_parameters() if p.requires_grad}
+    assert train and all(("temporal" in n or "time_pos_embed" in n or "time_mixer" in n) for n in train)
+    set_trainable(unet, freeze_spatial=False, freeze_temporal=True)
+    train2 = {n for n, p in unet.named_parameters() if p.requires_grad}
+    assert train2 and not (train2 & train) and len(train) + len(train2) == len(list(unet.parameters()))

@@ -26,7 +26,9 @@ class BaseBackground(BaseModule):
         raise NotImplementedError
 
 
-def random_solid_colors(dirs: torch.Tensor, n_channels: int) -> torch.Tensor:
-    """One random colour per view (dim 0), broadcast over the view's pixels."""
-    colors = torch.rand(dirs.shape[0], *([1] * (dirs.dim() - 2)), n_channels, device=dirs.device, dtype=dirs.dtype)
+def random_solid_colors(dirs: torch.Tensor, n_channels: int, shared: bool = False) -> torch.Tensor:
+    """dirs (B,...,3) -> (B,...,n_channels): one random colour per view (dim 0), broadcast over the view's pixels;
+    `shared`: one colour for the whole batch (MVDream-threestudio's share_aug_bg)."""
+    n_colors = 1 if shared else dirs.shape[0]
+    colors = torch.rand(n_colors, *([1] * (dirs.dim() - 2)), n_channels, device=dirs.device, dtype=dirs.dtype)
     return colors.expand(*dirs.shape[:-1], n_channels)

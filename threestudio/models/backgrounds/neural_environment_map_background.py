@@ -25,6 +25,9 @@ class NeuralEnvironmentMapBackground(BaseBackground):
         )
         random_aug: bool = False
         random_aug_prob: float = 0.5
+        # one random colour for all views of the batch (MVDream-threestudio): the 4 views of an object must
+        # agree for the multiview prior
+        share_aug_bg: bool = False
         # a fixed colour at evaluation time (e.g. white for clean test renders)
         eval_color: Optional[Tuple[float, ...]] = None
 
@@ -36,9 +39,12 @@ class NeuralEnvironmentMapBackground(BaseBackground):
                 f"{self.config_path}.eval_color has {len(self.cfg.eval_color)} values, n_output_dims is {self.cfg.n_output_dims}."
             )
         try:
-            self.encoding = get_encoding(3, self.cfg.dir_encoding_config)
-            self.network = get_mlp(self.encoding.n_output_dims, self.cfg.n_output_dims, self.cfg.mlp_network_config)
+            self.encoding = get_encoding(3, self.cfg.dir_encoding_config, f"{self.config_path}.dir_encoding_config")
+            self.network = get_mlp(self.encoding.n_output_dims, self.cfg.n_output_dims, self.cfg.mlp_network_config,
+                                   f"{self.config_path}.mlp_network_config")
             self.color_act = get_activation(self.cfg.color_activation)
+        except ConfigError:
+            raise
         except (ValueError, TypeError) as e:
             raise ConfigError(f"{self.config_path}: {e}") from None
 
@@ -50,5 +56,5 @@ class NeuralEnvironmentMapBackground(BaseBackground):
         x = (dirs.reshape(-1, 3) + 1.0) / 2.0
         color = self.color_act(self.network(self.encoding(x))).view(*dirs.shape[:-1], self.cfg.n_output_dims)
         if self.training and self.cfg.random_aug and float(torch.rand(())) < self.cfg.random_aug_prob:
-            color = color * 0 + random_solid_colors(dirs, self.cfg.n_output_dims)
+            color = color * 0 + random_solid_colors(dirs, self.cfg.n_output_dims, self.cfg.share_aug_bg)
         return color

@@ -31,7 +31,7 @@ _EXTRA_KEYS = ("backend", "include_xyz", "start_level", "start_step", "update_st
 
 
 def tcnn_available() -> bool:
-    return cuda_package_available("tinycudann")
+    return cuda_package_available("tinycudann", "the fused C++ CPU kernel or the PyTorch hash grid")
 
 
 def resolve_backend(requested: str) -> str:

@@ -14,75 +14,27 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
-import threading
-import time
-import warnings
 from typing import Optional
 
 import numpy as np
 import torch
 
 from threestudio.models.encodings.hash_grid_layout import HashGridLayout
+from threestudio.utils.cpu_kernel_build import LazyKernel, compile_cpu_kernel
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                       "csrc", "hash_grid_cpu.cpp")
 _EXTENSION_NAME = "threestudio_hash_grid_cpu"
 _ABI_VERSION = 1
-_STALE_LOCK_SECONDS = 600
 
-_lock = threading.Lock()
-_lib: Optional[ctypes.CDLL] = None
-_load_attempted = False
-_load_error: Optional[str] = None
-build_seconds: Optional[float] = None  # time spent in the last build/load, for benchmarks
 
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
 _i32 = ctypes.c_int
 
 
-def _build_directory() -> str:
-    from torch.utils.cpp_extension import _get_build_directory
-
-    return _get_build_directory(_EXTENSION_NAME, verbose=False)
-
-
-def _remove_stale_lock(build_dir: str) -> None:
-    # torch's build lock is a file; a process killed mid-build leaves it behind and every later
-    # process would wait forever. A build takes seconds, so an old lock is certainly stale.
-    lock = os.path.join(build_dir, "lock")
-    try:
-        age = time.time() - os.path.getmtime(lock)
-    except OSError:
-        return
-    if age > _STALE_LOCK_SECONDS:
-        warnings.warn(f"Removing stale build lock {lock} ({age:.0f} s old).")
-        try:
-            os.remove(lock)
-        except OSError:
-            pass
-
-
 def _compile() -> ctypes.CDLL:
-    from torch.utils.cpp_extension import load
-
-    build_dir = _build_directory()
-    _remove_stale_lock(build_dir)
-    path = load(
-        name=_EXTENSION_NAME,
-        sources=[_SOURCE],
-        extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"],
-        extra_ldflags=["-fopenmp"],
-        build_directory=build_dir,
-        is_python_module=False,
-        verbose=False,
-    )
-    lib = ctypes.CDLL(path)
-    if lib.hg_abi_version() != _ABI_VERSION:
-        raise RuntimeError(f"{path} has ABI version {lib.hg_abi_version()}, expected {_ABI_VERSION}.")
+    lib = compile_cpu_kernel(_EXTENSION_NAME, "hash_grid_cpu.cpp", "hg_abi_version", _ABI_VERSION)
     meta = [_p, _i64, _p, _i32, _i32, _p, _p, _p, _p]  # x, n, params, L, F, scales, res, offs, hashed
     lib.hg_forward.argtypes = meta + [_p, _i32]
     lib.hg_backward.argtypes = meta + [_p, _p, _p, _p, _i32]
@@ -92,36 +44,16 @@ def _compile() -> ctypes.CDLL:
     return lib
 
 
+_kernel = LazyKernel("fused CPU hash-grid kernel", lambda: _compile(), "the slower pure-PyTorch hash grid")
+
+
 def load_kernel() -> Optional[ctypes.CDLL]:
     """The compiled kernel library, building it on first call; None if it cannot be built."""
-    global _lib, _load_attempted, _load_error, build_seconds
-    if _load_attempted:
-        return _lib
-    with _lock:
-        if _load_attempted:
-            return _lib
-        if os.environ.get("THREESTUDIO_DISABLE_CPU_KERNELS", "0") not in ("", "0"):
-            _load_error = "disabled by THREESTUDIO_DISABLE_CPU_KERNELS"
-        else:
-            start = time.perf_counter()
-            try:
-                _lib = _compile()
-            except Exception as e:  # noqa: BLE001 - any build failure means: use the reference
-                _load_error = f"{type(e).__name__}: {e}"
-                _lib = None
-            build_seconds = time.perf_counter() - start
-        _load_attempted = True
-        if _lib is None:
-            warnings.warn(
-                "The fused CPU hash-grid kernel is unavailable "
-                f"({_load_error}); using the slower pure-PyTorch hash grid. Install a C++ compiler "
-                "with OpenMP (g++) and ninja to enable it."
-            )
-    return _lib
+    return _kernel.load()
 
 
 def kernel_error() -> Optional[str]:
-    return _load_error
+    return _kernel.error
 
 
 class GridMeta:

@@ -82,10 +82,32 @@ class MeshExporter(BaseObject):
     def configure(self, geometry: Any, material: Any, background: Any = None) -> None:
         if self.cfg.rasterizer not in ("auto", "cpu", "nvdiffrast"):
             raise ConfigError(f"system.exporter.rasterizer must be auto, cpu or nvdiffrast, got '{self.cfg.rasterizer}'.")
-        if self.cfg.up_axis not in UP_AXES:
-            raise ConfigError(f"system.exporter.up_axis must be one of {', '.join(UP_AXES)}, got '{self.cfg.up_axis}'.")
-        if self.cfg.isosurface_resolution < 8:
+        c = self.cfg
+        if c.up_axis not in UP_AXES:
+            raise ConfigError(f"system.exporter.up_axis must be one of {', '.join(UP_AXES)}, got '{c.up_axis}'.")
+        if c.isosurface_resolution < 8:
             raise ConfigError("system.exporter.isosurface_resolution must be at least 8.")
+        for key in ("texture_size", "chunk"):
+            if getattr(c, key) <= 0:
+                raise ConfigError(f"system.exporter.{key} must be positive, got {getattr(c, key)}.")
+        if c.texture_padding < 0:
+            raise ConfigError(f"system.exporter.texture_padding must be >= 0, got {c.texture_padding}.")
+        if c.decimate_target_faces is not None and c.decimate_target_faces <= 0:
+            raise ConfigError("system.exporter.decimate_target_faces must be positive or null (no decimation), "
+                              f"got {c.decimate_target_faces}.")
+        if not 0 <= c.floater_min_fraction < 1:
+            raise ConfigError(f"system.exporter.floater_min_fraction must be in [0, 1), got {c.floater_min_fraction}.")
+        if c.radius is not None and c.radius <= 0:
+            raise ConfigError(f"system.exporter.radius must be positive or null, got {c.radius}.")
+        threshold = c.isosurface_threshold
+        if not (threshold is None or threshold == "auto"
+                or (isinstance(threshold, (int, float)) and not isinstance(threshold, bool))):
+            raise ConfigError(f"system.exporter.isosurface_threshold must be a number, 'auto' or null, got {threshold!r}.")
+        if not c.save_name or os.sep in c.save_name:
+            raise ConfigError(f"system.exporter.save_name must be a plain file name, got '{c.save_name}'.")
+        if not (c.save_obj or c.save_glb or c.save_vertex_color_ply):
+            raise ConfigError("system.exporter: save_obj, save_glb and save_vertex_color_ply are all false; "
+                              "nothing would be exported.")
         self.geometry = geometry
         self.material = material
         self.background = background
@@ -102,10 +124,17 @@ class MeshExporter(BaseObject):
         return getattr(getattr(self.geometry, "cfg", None), "isosurface_threshold", 25.0)
 
     def extract_mesh(self) -> tuple[np.ndarray, np.ndarray]:
-        """Vertices (V,3) and outward-facing faces (F,3) of the cleaned, decimated isosurface."""
-        vertices, faces, _ = extract_isosurface(
-            self.geometry.forward_density, self.cfg.isosurface_resolution, self.threshold_setting(), self.radius(),
-            self.cfg.chunk, getattr(self.geometry, "device", None), cavities=self.cfg.fill_cavities)
+        """Vertices (V,3) and outward-facing faces (F,3) of the cleaned, decimated isosurface. A geometry that
+        is a mesh (`is_explicit_mesh`, e.g. tetrahedra-sdf-grid) gives its own; no marching cubes then."""
+        if getattr(self.geometry, "is_explicit_mesh", False):
+            mesh = self.geometry.isosurface()
+            vertices = mesh.vertices.detach().cpu().numpy().astype(np.float32)
+            faces = mesh.faces.detach().cpu().numpy().astype(np.int64)
+            logger.info("mesh of the geometry: %d vertices, %d faces", len(vertices), len(faces))
+        else:
+            vertices, faces, _ = extract_isosurface(
+                self.geometry.forward_density, self.cfg.isosurface_resolution, self.threshold_setting(),
+                self.radius(), self.cfg.chunk, getattr(self.geometry, "device", None), cavities=self.cfg.fill_cavities)
         if self.cfg.remove_floaters:
             vertices, faces = remove_floaters(vertices, faces, self.cfg.floater_min_fraction)
         if self.cfg.decimate_target_faces:

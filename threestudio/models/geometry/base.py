@@ -22,6 +22,19 @@ from threestudio.models.exporters.isosurface import (
 from threestudio.utils.base import BaseModule
 from threestudio.utils.config import ConfigError
 
+
+def default_pos_encoding_config() -> dict:
+    """threestudio's default hash grid of the geometries (16 levels x 2 features, 2^19 entries, base 16)."""
+    return {"otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 19,
+            "base_resolution": 16, "per_level_scale": 1.447269237440378}
+
+
+def default_mlp_network_config() -> dict:
+    """threestudio's default geometry MLP (one hidden layer of 64 ReLU units)."""
+    return {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 64,
+            "n_hidden_layers": 1}
+
+
 def contract_to_unit_cube(x: torch.Tensor, bbox: torch.Tensor) -> torch.Tensor:
     """World points in bbox (2, 3) -> [0, 1]^3 (the hash grid's input range)."""
     return (x - bbox[0]) / (bbox[1] - bbox[0])

@@ -8,7 +8,12 @@ import torch
 import torch.nn.functional as F
 
 import threestudio
-from threestudio.models.geometry.base import BaseImplicitGeometry, contract_to_unit_cube
+from threestudio.models.geometry.base import (
+    BaseImplicitGeometry,
+    contract_to_unit_cube,
+    default_mlp_network_config,
+    default_pos_encoding_config,
+)
 from threestudio.models.networks import get_activation, get_encoding, get_mlp
 from threestudio.utils.config import ConfigError
 
@@ -33,25 +38,8 @@ class ImplicitVolume(BaseImplicitGeometry):
         density_bias: Any = "blob_magic3d"
         density_blob_scale: float = 10.0
         density_blob_std: float = 0.5
-        pos_encoding_config: dict = field(
-            default_factory=lambda: {
-                "otype": "HashGrid",
-                "n_levels": 16,
-                "n_features_per_level": 2,
-                "log2_hashmap_size": 19,
-                "base_resolution": 16,
-                "per_level_scale": 1.447269237440378,
-            }
-        )
-        mlp_network_config: dict = field(
-            default_factory=lambda: {
-                "otype": "VanillaMLP",
-                "activation": "ReLU",
-                "output_activation": "none",
-                "n_neurons": 64,
-                "n_hidden_layers": 1,
-            }
-        )
+        pos_encoding_config: dict = field(default_factory=default_pos_encoding_config)
+        mlp_network_config: dict = field(default_factory=default_mlp_network_config)
         normal_type: Optional[str] = "finite_difference"
         finite_difference_normal_eps: float = 0.01
         isosurface_threshold: Any = 25.0
@@ -76,14 +64,18 @@ class ImplicitVolume(BaseImplicitGeometry):
         except ValueError as e:
             raise ConfigError(f"{self.config_path}.density_activation: {e}") from None
         try:
-            self.encoding = get_encoding(self.cfg.n_input_dims, self.cfg.pos_encoding_config)
-            self.density_network = get_mlp(self.encoding.n_output_dims, 1, self.cfg.mlp_network_config)
+            mlp_key = f"{self.config_path}.mlp_network_config"
+            self.encoding = get_encoding(self.cfg.n_input_dims, self.cfg.pos_encoding_config,
+                                         f"{self.config_path}.pos_encoding_config")
+            self.density_network = get_mlp(self.encoding.n_output_dims, 1, self.cfg.mlp_network_config, mlp_key)
             if self.cfg.n_feature_dims > 0:
                 self.feature_network = get_mlp(
-                    self.encoding.n_output_dims, self.cfg.n_feature_dims, self.cfg.mlp_network_config
+                    self.encoding.n_output_dims, self.cfg.n_feature_dims, self.cfg.mlp_network_config, mlp_key
                 )
             if self.cfg.normal_type == "pred":
-                self.normal_network = get_mlp(self.encoding.n_output_dims, 3, self.cfg.mlp_network_config)
+                self.normal_network = get_mlp(self.encoding.n_output_dims, 3, self.cfg.mlp_network_config, mlp_key)
+        except ConfigError:
+            raise
         except (ValueError, TypeError) as e:
             raise ConfigError(f"{self.config_path}: {e}") from None
 

@@ -20,7 +20,7 @@ import threestudio
 from threestudio.models.guidance.frozen_prior import FrozenPrior
 from threestudio.utils.base import BaseModule
 from threestudio.utils.config import ConfigError
-from threestudio.utils.schedule import C
+from threestudio.utils.schedule import C, validate_schedule
 
 if TYPE_CHECKING:
     from threestudio.models.prompt_processors.base import PromptProcessorOutput
@@ -112,6 +112,8 @@ class MVDreamMultiviewDiffusionGuidance(BaseModule):
             raise ConfigError(f"guidance.recon_std_rescale must be in [0, 1], got {cfg.recon_std_rescale}.")
         if cfg.n_view < 1:
             raise ConfigError(f"guidance.n_view must be positive, got {cfg.n_view}.")
+        for key in ("min_step_percent", "max_step_percent") + (("grad_clip",) if cfg.grad_clip is not None else ()):
+            validate_schedule(getattr(cfg, key), f"system.guidance.{key}")
         self.weights_dtype = (
             torch.float16 if torch.cuda.is_available() and cfg.half_precision_weights else torch.float32)
         # nothing is read here: --test/--export never need the checkpoint, training loads it at fit start
@@ -126,6 +128,11 @@ class MVDreamMultiviewDiffusionGuidance(BaseModule):
             key, path = "system.guidance.ckpt_path", self.cfg.ckpt_path
         return resolve_mvdream_checkpoint(path, key)
 
+    def check_training_inputs(self) -> None:
+        """The checkpoint exists (launch.py asks before a training run does any work; the prior loads lazily)."""
+        if type(self).load_pipeline is MVDreamMultiviewDiffusionGuidance.load_pipeline:  # not a stand-in prior
+            resolve_mvdream_checkpoint(self.cfg.pretrained_model_name_or_path, "system.guidance.pretrained_model_name_or_path")
+
     def load_pipeline(self) -> Any:
         """The MVDreamPipeline of the checkpoint with its UNet and VAE (no text encoder)."""
         path = self.resolve_checkpoint()
@@ -135,10 +142,10 @@ class MVDreamMultiviewDiffusionGuidance(BaseModule):
     def _load_prior(self, device: torch.device) -> Any:
         pipe = self.load_pipeline()
         if pipe.unet.camera_dim is None:
-            raise ValueError("The checkpoint has no camera MLP: it is a plain Stable Diffusion model, not MVDream.")
+            raise ConfigError("system.guidance.pretrained_model_name_or_path: the checkpoint has no camera MLP: it is a plain Stable Diffusion model, not MVDream.")
         prediction = pipe.scheduler.config.prediction_type
         if prediction != "epsilon":
-            raise ValueError(f"MVDream guidance expects an eps-prediction model; the checkpoint predicts '{prediction}'.")
+            raise ConfigError(f"system.guidance.pretrained_model_name_or_path: MVDream guidance expects an eps-prediction model; the checkpoint predicts '{prediction}'.")
         factor = pipe.vae_scale_factor
         if self.cfg.image_size % factor:
             raise ConfigError(f"guidance.image_size ({self.cfg.image_size}) must be a multiple of the VAE factor {factor}.")
@@ -182,7 +189,7 @@ class MVDreamMultiviewDiffusionGuidance(BaseModule):
     def training_alphas_cumprod(config: Any) -> Tensor:
         """alpha_bar_t of the training schedule, computed in float64 like the original's buffers."""
         if config.beta_schedule != "scaled_linear":
-            raise ValueError(f"MVDream's schedule is scaled_linear, the checkpoint's is '{config.beta_schedule}'.")
+            raise ConfigError(f"system.guidance.pretrained_model_name_or_path: MVDream's schedule is scaled_linear, the checkpoint's is '{config.beta_schedule}'.")
         n = int(config.num_train_timesteps)
         betas = torch.linspace(config.beta_start ** 0.5, config.beta_end ** 0.5, n, dtype=torch.float64) ** 2
         return torch.cumprod(1.0 - betas, dim=0).float()

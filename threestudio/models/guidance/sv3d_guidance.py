@@ -35,7 +35,7 @@ from threestudio.models.guidance.frozen_prior import FrozenPrior
 from threestudio.models.guidance.sv3d_memory import encode_frames, sample_grad_frames
 from threestudio.utils.base import BaseModule
 from threestudio.utils.config import ConfigError
-from threestudio.utils.schedule import C
+from threestudio.utils.schedule import C, validate_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ class SV3DGuidance(BaseModule):
             raise ConfigError(f"guidance.image_size must be a positive multiple of 8 (VAE factor), got {c.image_size}.")
         if c.grad_frames < 0 or c.vae_chunk_size < 0:
             raise ConfigError("guidance.grad_frames and guidance.vae_chunk_size must be >= 0.")
+        for key in ("sigma_min", "sigma_max") + (("grad_clip",) if getattr(c, "grad_clip", None) is not None else ()):
+            validate_schedule(getattr(c, key), f"system.guidance.{key}")
+        self._pipeline_given = pipeline is not None
         self.prior: FrozenPrior = FrozenPrior(
             lambda device: self._prepare_pipeline(pipeline if pipeline is not None else self._load_pipeline(), device),
             name="SV3D pipeline")
@@ -114,16 +117,29 @@ class SV3DGuidance(BaseModule):
             pipeline.vae.enable_gradient_checkpointing()
         return pipeline
 
+    def _checkpoint_path(self) -> str:
+        path = self.cfg.pretrained_model_name_or_path
+        if not os.path.isfile(path):
+            raise ConfigError(
+                f"system.guidance.pretrained_model_name_or_path: checkpoint '{path}' does not exist. Download "
+                "sv3d_u.safetensors or sv3d_p.safetensors (stabilityai/sv3d) yourself and give its local path; "
+                "nothing is downloaded here.")
+        return path
+
+    def check_training_inputs(self) -> None:
+        """The checkpoint and the conditioning image exist (launch.py asks before a training run does any work;
+        the prior itself loads lazily when training starts)."""
+        if not self._pipeline_given:
+            self._checkpoint_path()
+        image = self.cfg.cond_image_path
+        if isinstance(image, str) and not os.path.isfile(image):
+            raise ConfigError(f"system.guidance.cond_image_path: image '{image}' does not exist.")
+
     def _load_pipeline(self) -> Any:
         from sv3d import SV3DPipeline
 
         c = self.cfg
-        path = c.pretrained_model_name_or_path
-        if not os.path.isfile(path):
-            raise ConfigError(
-                f"guidance.pretrained_model_name_or_path: checkpoint '{path}' does not exist. Download sv3d_u.safetensors "
-                "or sv3d_p.safetensors (stabilityai/sv3d) yourself and give its local path; nothing is downloaded here."
-            )
+        path = self._checkpoint_path()
         try:
             return SV3DPipeline.from_single_file(path, original_config=c.original_config, version=c.version)
         except (ValueError, KeyError, FileNotFoundError) as e:
@@ -136,10 +152,6 @@ class SV3DGuidance(BaseModule):
     @property
     def pipe(self) -> Any:
         return self.prior.get()
-
-    @property
-    def device_(self) -> torch.device:
-        return self.prior.device
 
     @property
     def spec(self) -> Any:
@@ -197,16 +209,16 @@ class SV3DGuidance(BaseModule):
             pil = preprocess_orbit_image(image, self.cfg.image_frame_ratio, 576)
         except ValueError as e:
             raise ConfigError(f"guidance.cond_image_path: {e}") from None
-        x = image_to_tensor(pil).to(self.device_)
+        x = image_to_tensor(pil).to(self.prior.device)
         cond_image = self._resize(x)  # (1, 3, S, S) in [-1, 1]
         gen = torch.Generator().manual_seed(self.cfg.cond_seed)
-        noise = torch.randn(cond_image.shape, generator=gen).to(self.device_)
+        noise = torch.randn(cond_image.shape, generator=gen).to(self.prior.device)
         # CLIP sees the 576² image, as in SV3D's sampling; the concatenated latent must match the render latents
         context = self.pipe.encode_image(x).float()  # (1, 1, D)
         with self._vae_fp32():
             latent = self.pipe.encode_condition_latent(cond_image + self.cfg.cond_aug * noise)
         c = self.cfg
-        scales = self.pipe.guidance_scales(c.num_frames, c.min_guidance_scale, c.guidance_scale).to(self.device_)
+        scales = self.pipe.guidance_scales(c.num_frames, c.min_guidance_scale, c.guidance_scale).to(self.prior.device)
         self._condition = {"image": cond_image, "context": context, "latent": latent.float(), "scales": scales}
 
     def _resize(self, x: Tensor) -> Tensor:
@@ -235,7 +247,7 @@ class SV3DGuidance(BaseModule):
             az = list(orbit_azimuths_deg(n)) if azimuth is None else [float(a) for a in azimuth.reshape(-1)]
             cams = sv3d_p_camera_ids(elev, az, n)
             polars, azimuths = cams[:, 0], cams[:, 1]
-        return self.pipe.added_time_ids(n, self.cfg.cond_aug, 1, polars, azimuths).to(self.device_)
+        return self.pipe.added_time_ids(n, self.cfg.cond_aug, 1, polars, azimuths).to(self.prior.device)
 
     # ------------------------------------------------------------------ denoising
     def encode(self, images: Tensor) -> Tensor:
@@ -289,7 +301,7 @@ class SV3DGuidance(BaseModule):
         n = self.cfg.num_frames
         if rgb.dim() != 4 or rgb.shape[0] != n or rgb.shape[-1] != 3:
             raise ValueError(f"sv3d-guidance expects the {n} orbit renders as (N={n}, H, W, 3), got {tuple(rgb.shape)}.")
-        images = self._resize(rgb.permute(0, 3, 1, 2).to(self.device_) * 2.0 - 1.0)
+        images = self._resize(rgb.permute(0, 3, 1, 2).to(self.prior.device) * 2.0 - 1.0)
         z = encode_frames(self.encode, images, grad_frames, self.cfg.vae_chunk_size, self.cfg.vae_checkpoint_chunks)
         sigma_value = self.sample_sigma() if sigma is None else float(sigma)
         eps = torch.randn_like(z) if noise is None else noise.to(z).reshape(z.shape)

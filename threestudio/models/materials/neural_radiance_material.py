@@ -28,10 +28,13 @@ class NeuralRadianceMaterial(BaseMaterial):
 
     def configure(self) -> None:
         try:
-            self.encoding = get_encoding(3, self.cfg.dir_encoding_config)
+            self.encoding = get_encoding(3, self.cfg.dir_encoding_config, f"{self.config_path}.dir_encoding_config")
             self.n_input_dims = self.cfg.input_feature_dims + self.encoding.n_output_dims
-            self.network = get_mlp(self.n_input_dims, 3, self.cfg.mlp_network_config)
+            self.network = get_mlp(self.n_input_dims, 3, self.cfg.mlp_network_config,
+                                   f"{self.config_path}.mlp_network_config")
             self.color_act = get_activation(self.cfg.color_activation)
+        except ConfigError:
+            raise
         except (ValueError, TypeError) as e:
             raise ConfigError(f"{self.config_path}: {e}") from None
 

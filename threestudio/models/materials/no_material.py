@@ -34,7 +34,8 @@ class NoMaterial(BaseMaterial):
             raise ConfigError(f"{self.config_path}.color_activation: {e}") from None
         self.use_network = self.cfg.input_feature_dims is not None and self.cfg.mlp_network_config is not None
         if self.use_network:
-            self.network = get_mlp(self.cfg.input_feature_dims, self.cfg.n_output_dims, self.cfg.mlp_network_config)
+            self.network = get_mlp(self.cfg.input_feature_dims, self.cfg.n_output_dims, self.cfg.mlp_network_config,
+                                   f"{self.config_path}.mlp_network_config")
         self.requires_normal = self.cfg.requires_normal
 
     def forward(self, features: torch.Tensor, **kwargs: Any) -> torch.Tensor:

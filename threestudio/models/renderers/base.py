@@ -7,6 +7,7 @@ from typing import Any, Optional, Callable
 import torch
 
 from threestudio.utils.base import BaseModule
+from threestudio.utils.batch import RENDER_INPUTS
 
 
 @dataclass
@@ -19,6 +20,9 @@ class _SubModules:
 
 
 class Renderer(BaseModule):
+    # the camera-batch keys forward() takes (threestudio.utils.batch.render_inputs(batch, renderer.inputs))
+    inputs: tuple[str, ...] = RENDER_INPUTS
+
     @dataclass
     class Config(BaseModule.Config):
         radius: float = 1.0

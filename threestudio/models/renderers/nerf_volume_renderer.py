@@ -23,7 +23,7 @@ ESTIMATOR_BACKENDS = ("auto", "torch", "nerfacc")
 
 
 def nerfacc_available() -> bool:
-    return cuda_package_available("nerfacc")
+    return cuda_package_available("nerfacc", "the PyTorch occupancy-grid estimator")
 
 
 @threestudio.register("nerf-volume-renderer")

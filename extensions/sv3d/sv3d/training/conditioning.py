@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-CFG_MODES = ("batch", "sample")
+CFG_MODES = ("batch", "sample", "independent")
 
 
 def sample_noise_aug(batch_size: int, mean: float = -3.0, std: float = 0.5, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -24,20 +24,24 @@ def cfg_keep_mask(batch_size: int, rate: float, mode: str, coin: torch.Tensor) -
     """(B,) 1 = keep the image conditioning, 0 = drop it (unconditional training for classifier-free guidance).
 
     `coin` holds uniform draws: one value for the whole batch (mode "batch", the SVD-MV reference: one coin zeroes
-    the whole batch's conditioning) or one per clip (mode "sample", Hi3D/sgm style).
+    the whole batch's conditioning) or one per clip (mode "sample"). Mode "independent" (Hi3D, sgm's per-embedder
+    ucg_rate) draws one mask per input from its own coins: call it once for the CLIP embedding and once for the
+    condition latents.
     """
     if mode == "batch":
         return (coin.reshape(-1)[:1] >= rate).float().expand(batch_size).clone()
-    if mode == "sample":
+    if mode in ("sample", "independent"):
         if coin.numel() != batch_size:
             raise ValueError(f"per-sample CFG dropout needs {batch_size} coins, got {coin.numel()}")
         return (coin.reshape(-1) >= rate).float()
     raise ValueError(f"cfg dropout mode {mode!r} is not one of {', '.join(CFG_MODES)}")
 
 
-def apply_cfg_dropout(concat: torch.Tensor, context: torch.Tensor, keep: torch.Tensor):
-    """Zero the condition latents (B, T, C, h, w) and the CLIP embedding (B, 1, D) of the dropped clips; the
-    added time ids (noise aug, cameras) are never dropped, as in the reference and at sampling."""
+def apply_cfg_dropout(concat: torch.Tensor, context: torch.Tensor, keep: torch.Tensor, keep_context: Optional[torch.Tensor] = None):
+    """Zero the condition latents (B, T, C, h, w) and the CLIP embedding (B, 1, D) of the dropped clips (`keep`
+    for both, or `keep` for the latents and `keep_context` for the embedding); the added time ids (noise aug,
+    cameras) are never dropped, as in the reference and at sampling."""
+    keep_context = keep if keep_context is None else keep_context
     k_concat = keep.view(-1, *([1] * (concat.dim() - 1))).to(concat.dtype)
-    k_context = keep.view(-1, *([1] * (context.dim() - 1))).to(context.dtype)
+    k_context = keep_context.view(-1, *([1] * (context.dim() - 1))).to(context.dtype)
     return concat * k_concat, context * k_context

@@ -53,7 +53,7 @@ class LossConfig:
     noise_aug_mean: float = -3.0  # noise-aug strength = exp(N(mean, std^2)) per clip, added in pixel space
     noise_aug_std: float = 0.5
     cfg_rate: Optional[float] = None  # probability of dropping the image conditioning
-    cfg_mode: Optional[str] = None  # batch (one coin per batch, the reference) | sample
+    cfg_mode: Optional[str] = None  # batch (one coin per batch, the reference) | sample | independent (CLIP and latents apart)
 
 
 @dataclass
@@ -96,6 +96,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     max_steps: int = 1000
     gradient_checkpointing: bool = True
+    checkpointing_granularity: str = "layer"  # layer (diffusers, the reference) | block (whole UNet blocks: least memory)
     freeze_spatial: bool = False
     freeze_temporal: bool = False
     checkpoint_every_n_steps: int = 500  # accelerate save_state under <output_dir>/checkpoints/step_N
@@ -169,6 +170,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.data.num_frames is not None and cfg.data.num_frames >= 1, f"data.num_frames must be >= 1, got {cfg.data.num_frames}"),
         (cfg.data.resolution % 8 == 0 and cfg.data.resolution >= 8, f"data.resolution must be a multiple of 8, got {cfg.data.resolution}"),
         (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
+        (cfg.checkpointing_granularity in ("layer", "block"), f"checkpointing_granularity must be layer or block, got {cfg.checkpointing_granularity!r}"),
         (cfg.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
         (cfg.max_steps >= 1, f"max_steps must be >= 1, got {cfg.max_steps}"),
         (cfg.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),

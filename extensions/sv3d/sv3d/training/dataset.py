@@ -42,11 +42,12 @@ class OrbitClipDataset(torch.utils.data.Dataset):
     `num_frames` views are kept. Every draw is keyed by (seed, position) (see `randomness`).
 
     Returns frames (F, 3, R, R) in [-1, 1] (frame 0 = condition view), elevation_deg (F,), azimuth_deg (F,)
-    relative to the condition view in [0, 360), position, object index.
+    relative to the condition view in [0, 360), position, object index. With a latent cache: frames holds the
+    condition view only (1, 3, R, R), plus latents (F, 4, R/8, R/8) unscaled and clip (D,) of the condition view.
     """
 
     def __init__(self, objects: Sequence[OrbitObject], num_frames: int, resolution: int = 576, seed: int = 0,
-                 random_roll: bool = True, shuffle: bool = True):
+                 random_roll: bool = True, shuffle: bool = True, latent_cache: Optional[str] = None):
         self.objects = list(objects)
         self.num_frames = int(num_frames)
         self.resolution = int(resolution)
@@ -61,6 +62,11 @@ class OrbitClipDataset(torch.utils.data.Dataset):
                     "(lower data.num_frames or drop the object)"
                 )
         self._perm_cache: Dict[int, np.ndarray] = {}
+        self.cache = None
+        if latent_cache:
+            from .latent_cache import LatentCache
+
+            self.cache = LatentCache(latent_cache, self.objects, self.resolution)
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -75,28 +81,36 @@ class OrbitClipDataset(torch.utils.data.Dataset):
         return int(self._perm_cache[epoch][k])
 
     def choose_views(self, obj: OrbitObject, position: int):
-        """(ring, ordered view indices): the condition view first."""
+        """(ring, ordered view indices in the ring, offset of the ring in the object's views): condition view first."""
         if self.random_roll:
             g = keyed_generator(self.seed, STREAM_DATA, position)
             v = int(torch.randint(obj.num_views, (1,), generator=g))
         else:
             v = 0
+        offset = 0
         for ring in obj.rings:
             if v < len(ring.image_paths):
                 break
             v -= len(ring.image_paths)
+            offset += len(ring.image_paths)
         n = len(ring.image_paths)
-        return ring, [(v + i) % n for i in range(self.num_frames)]
+        return ring, [(v + i) % n for i in range(self.num_frames)], offset
 
     def __getitem__(self, position: int) -> Dict[str, object]:
         idx = self.object_index(position)
         obj = self.objects[idx]
-        ring, views = self.choose_views(obj, position)
-        frames = torch.stack([load_view(ring.image_paths[i], self.resolution) for i in views])
+        ring, views, offset = self.choose_views(obj, position)
+        extra = {}
+        if self.cache is not None:  # only the condition view's pixels are needed (for its noise augmentation)
+            frames = load_view(ring.image_paths[views[0]], self.resolution)[None]
+            latents, clip = self.cache.get(idx)
+            extra = {"latents": latents[[offset + i for i in views]], "clip": clip[offset + views[0]]}
+        else:
+            frames = torch.stack([load_view(ring.image_paths[i], self.resolution) for i in views])
         elev = torch.tensor([ring.elevations_deg[i] for i in views], dtype=torch.float32)
         az0 = ring.azimuths_deg[views[0]]
         azim = torch.tensor([(ring.azimuths_deg[i] - az0) % 360.0 for i in views], dtype=torch.float32)
-        return {"frames": frames, "elevation_deg": elev, "azimuth_deg": azim, "position": int(position), "object": idx}
+        return {"frames": frames, "elevation_deg": elev, "azimuth_deg": azim, "position": int(position), "object": idx, **extra}
 
 
 def collate_clips(items: List[Dict[str, object]]) -> Dict[str, torch.Tensor]:

@@ -39,9 +39,11 @@ def single_file_state_dict(
     source_version: str,
     export_version: str,
     source_config: Optional[str] = None,
+    sgm_config=None,
 ) -> Dict[str, torch.Tensor]:
-    """The full sgm-layout state dict of the trained model (UNet from `unet_sd`, the rest from the source file)."""
-    cfg = export_config(export_version, source_version, source_config)
+    """The full sgm-layout state dict of the trained model (UNet from `unet_sd`, the rest from the source file);
+    `sgm_config` describes the exported model (default: `export_config(export_version, ...)`)."""
+    cfg = sgm_config if sgm_config is not None else export_config(export_version, source_version, source_config)
     dst = spec_from_config(cfg, export_version)
     src = spec_from_config(source_config or shipped_config_path(source_version), source_version)
     out = {UNET_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in video_unet_state_dict_from_diffusers(unet_sd, source_unet_keys).items()}
@@ -77,6 +79,7 @@ def export_trained(
     source_version: str,
     export_version: str,
     source_config: Optional[str] = None,
+    sgm_config=None,
 ) -> Dict[str, str]:
     """Write `<out_dir>/diffusers/{unet,vae,image_encoder}`, `<out_dir>/model.safetensors` and `<out_dir>/model.yaml`.
 
@@ -92,9 +95,11 @@ def export_trained(
         clean.save_pretrained(os.path.join(tmp, "diffusers", "unet"))
         vae.save_pretrained(os.path.join(tmp, "diffusers", "vae"))
         image_encoder.save_pretrained(os.path.join(tmp, "diffusers", "image_encoder"))
-        sd = single_file_state_dict(clean.state_dict(), source_unet_keys, source_path, source_version, export_version, source_config)
+        if sgm_config is None:
+            sgm_config = export_config(export_version, source_version, source_config)
+        sd = single_file_state_dict(clean.state_dict(), source_unet_keys, source_path, source_version, export_version, source_config, sgm_config)
         save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(tmp, "model.safetensors"), metadata={"version": export_version})
-        OmegaConf.save(export_config(export_version, source_version, source_config), os.path.join(tmp, "model.yaml"))
+        OmegaConf.save(sgm_config, os.path.join(tmp, "model.yaml"))
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -42,8 +42,9 @@ class TrainResult:
 
 def draw_clip_randomness(positions, seed: int, num_frames: int, latent_hw, image_hw, cfg: TrainConfig):
     """Per-clip draws, each from its own keyed generator, in a fixed order: sigma, latent noise, noise-aug
-    strength, pixel noise of the condition view, CFG coin."""
-    sig, noise, aug, aug_noise, coin = [], [], [], [], []
+    strength, pixel noise of the condition view, CFG coin (CLIP embedding, or both), CFG coin (condition latents in
+    "independent" mode)."""
+    sig, noise, aug, aug_noise, coin, coin2 = [], [], [], [], [], []
     for p in positions:
         g = keyed_generator(seed, STREAM_TRAIN, int(p))
         sig.append(torch.exp(cfg.loss.p_mean + cfg.loss.p_std * torch.randn(1, generator=g)))
@@ -51,7 +52,8 @@ def draw_clip_randomness(positions, seed: int, num_frames: int, latent_hw, image
         aug.append(torch.exp(cfg.loss.noise_aug_mean + cfg.loss.noise_aug_std * torch.randn(1, generator=g)))
         aug_noise.append(torch.randn((3, *image_hw), generator=g))
         coin.append(torch.rand(1, generator=g))
-    return torch.cat(sig), torch.stack(noise), torch.cat(aug), torch.stack(aug_noise), torch.cat(coin)
+        coin2.append(torch.rand(1, generator=g))  # second coin: the condition latents' in "independent" CFG mode
+    return torch.cat(sig), torch.stack(noise), torch.cat(aug), torch.stack(aug_noise), torch.cat(coin), torch.cat(coin2)
 
 
 def _warmup_steps(cfg: TrainConfig) -> int:
@@ -83,7 +85,8 @@ def train(cfg: TrainConfig, accelerator=None) -> TrainResult:
     objects = read_dataset(cfg.data.root, cfg.data.format, cfg.data.meta, cfg.data.hi3d_elevations, cfg.data.hi3d_views_per_ring)
     if cfg.data.max_objects:
         objects = objects[: cfg.data.max_objects]
-    dataset = OrbitClipDataset(objects, cfg.data.num_frames, cfg.data.resolution, cfg.seed, cfg.data.random_roll)
+    dataset = OrbitClipDataset(objects, cfg.data.num_frames, cfg.data.resolution, cfg.seed, cfg.data.random_roll,
+                               latent_cache=cfg.data.latent_cache)
     val_dataset = None
     if cfg.validation.root or cfg.validation.meta:
         val_objects = read_dataset(cfg.validation.root or "", cfg.validation.format, cfg.validation.meta,
@@ -107,6 +110,12 @@ def train(cfg: TrainConfig, accelerator=None) -> TrainResult:
             project_config=ProjectConfiguration(project_dir=out, logging_dir=os.path.join(out, "tb_logs")),
         )
     ds_plugin = accelerator.state.deepspeed_plugin
+    zero3 = ds_plugin is not None and int(ds_plugin.zero_stage) == 3
+    if zero3 and (cfg.ema.enabled or cfg.lora.enabled):
+        raise ValueError("ema.enabled and lora.enabled need the full parameters on every rank: use ZeRO-2 (or DDP), not ZeRO-3")
+    if zero3 and val_dataset is not None:
+        accelerator.print("validation orbits are skipped under ZeRO-3 (parameters are sharded); sample the exports instead")
+        val_dataset = None
     if ds_plugin is not None:
         ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
         ds_plugin.deepspeed_config["gradient_clipping"] = cfg.optim.max_grad_norm or 0.0
@@ -123,7 +132,9 @@ def train(cfg: TrainConfig, accelerator=None) -> TrainResult:
         add_lora(unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules, cfg.lora.extra_trainable)
     else:
         set_trainable(unet, cfg.freeze_spatial, cfg.freeze_temporal)
-    if cfg.gradient_checkpointing:
+    if cfg.gradient_checkpointing and cfg.checkpointing_granularity == "block":
+        unet.enable_block_checkpointing()
+    elif cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
     for module in (src.vae, src.image_encoder):
@@ -131,6 +142,7 @@ def train(cfg: TrainConfig, accelerator=None) -> TrainResult:
         if weight_dtype != torch.float32:
             module.to(weight_dtype)
     frozen = FrozenEncoders(src.vae, src.image_encoder, src.source_spec.scale_factor)
+    recipe.setup(cfg, accelerator.device, weight_dtype)
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.learning_rate, betas=tuple(cfg.optim.betas),
                                   weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps)
@@ -168,7 +180,7 @@ def train(cfg: TrainConfig, accelerator=None) -> TrainResult:
     window: List[torch.Tensor] = []
     log_path = os.path.join(out, "train_log.jsonl")
     for batch in loader:
-        sigma, noise, aug, aug_noise, coin = draw_clip_randomness(batch["position"].tolist(), cfg.seed, f, latent_hw, image_hw, cfg)
+        sigma, noise, aug, aug_noise, coin, coin2 = draw_clip_randomness(batch["position"].tolist(), cfg.seed, f, latent_hw, image_hw, cfg)
         if cfg.loss.cfg_mode == "batch":
             coin = torch.rand(1, generator=keyed_generator(cfg.seed, STREAM_BATCH, micro))
         dev = accelerator.device
@@ -176,7 +188,11 @@ def train(cfg: TrainConfig, accelerator=None) -> TrainResult:
         with accelerator.accumulate(unet):
             cond = recipe.conditioning(batch, frozen, aug.to(dev), aug_noise.to(dev))
             keep = cfg_keep_mask(len(sigma), cfg.loss.cfg_rate, cfg.loss.cfg_mode, coin).to(dev)
-            concat, context = apply_cfg_dropout(cond.concat, cond.context, keep)
+            if cfg.loss.cfg_mode == "independent":
+                keep_concat = cfg_keep_mask(len(sigma), cfg.loss.cfg_rate, "independent", coin2).to(dev)
+                concat, context = apply_cfg_dropout(cond.concat, cond.context, keep_concat, keep_context=keep)
+            else:
+                concat, context = apply_cfg_dropout(cond.concat, cond.context, keep)
             if "concat" not in recipe.cfg_dropped:
                 concat = cond.concat
             if "context" not in recipe.cfg_dropped:
@@ -261,7 +277,8 @@ def export(accelerator, cfg: TrainConfig, recipe, unet, src, step: int, ema) -> 
 
             model = SV3DUNet(**{k: v for k, v in dict(model.config).items() if not k.startswith("_")})
         paths = export_trained(os.path.join(cfg.output_dir, "export", f"step_{step:07d}"), model, sd, src.vae, src.image_encoder,
-                               src.source_unet_keys, cfg.pretrained, src.source_version, recipe.export_version, cfg.original_config)
+                               src.source_unet_keys, cfg.pretrained, src.source_version, recipe.export_version, cfg.original_config,
+                               sgm_config=recipe.export_sgm_config(src.source_version, cfg.original_config))
         accelerator.print(f"exported {paths['single_file']}")
     accelerator.wait_for_everyone()
     return paths
@@ -269,7 +286,6 @@ def export(accelerator, cfg: TrainConfig, recipe, unet, src, step: int, ema) -> 
 
 def validate(accelerator, cfg: TrainConfig, recipe, unet, frozen, val_dataset, step: int, ema, src_version: str):
     from ..config import spec_from_config
-    from .export import export_config
     from .validation import run_validation
 
     written = []
@@ -279,7 +295,7 @@ def validate(accelerator, cfg: TrainConfig, recipe, unet, frozen, val_dataset, s
             ema.store(model.parameters())
             ema.copy_to(model.parameters())
         try:
-            spec = spec_from_config(export_config(recipe.export_version, src_version, cfg.original_config), recipe.export_version)
+            spec = spec_from_config(recipe.export_sgm_config(src_version, cfg.original_config), recipe.export_version)
             written = run_validation(os.path.join(cfg.output_dir, "validation", f"step_{step:07d}"), model, frozen.vae,
                                      frozen.image_encoder, spec, val_dataset, cfg.validation.num_objects, cfg.validation.num_steps,
                                      recipe.condition_last, cfg.validation.cond_aug, cfg.validation.min_scale,

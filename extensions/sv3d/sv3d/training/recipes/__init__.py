@@ -24,6 +24,11 @@ The interface (override what differs from the defaults):
   unscaled mode latent of the pixel-noise-augmented condition view repeated over frames. Override it to add
   channels (e.g. depth) to `concat`.
 - `cfg_dropped` (tuple): which of ("concat", "context") CFG dropout zeroes (added ids are never dropped).
+- `setup(cfg, device, dtype)`: called once after the models are built (load frozen extras, e.g. a depth or an
+  aesthetic-score model, kept on the recipe object).
+- `export_sgm_config(source_version, source_config) -> DictConfig`: the sgm YAML describing the exported single
+  file (default: `export_version`'s shipped YAML with the source's first stage; override for versions that
+  `sv3d.config` does not ship).
 """
 
 from __future__ import annotations
@@ -82,6 +87,14 @@ class Recipe:
             return source_unet
         raise NotImplementedError(f"recipe {self.name!r} has no surgery from {source_version}")
 
+    def setup(self, cfg, device, dtype) -> None:
+        """Hook for recipes that need frozen models of their own; the default needs none."""
+
+    def export_sgm_config(self, source_version: str, source_config=None):
+        from ..export import export_config
+
+        return export_config(self.export_version, source_version, source_config)
+
     # ---------------------------------------------------------------- conditioning
     def order_frames(self, x: torch.Tensor) -> torch.Tensor:
         """(B, F, ...) with the condition view first -> the recipe's frame order."""
@@ -93,22 +106,27 @@ class Recipe:
     @torch.no_grad()
     def conditioning(self, batch: Dict[str, torch.Tensor], models: FrozenEncoders, noise_aug: torch.Tensor,
                      aug_noise: torch.Tensor) -> Conditioning:
-        """batch["frames"] (B, F, 3, H, W) in [-1, 1] with the condition view first; noise_aug (B,); aug_noise
-        (B, 3, H, W) unit Gaussian for the condition view."""
+        """batch["frames"] (B, F, 3, H, W) in [-1, 1] with the condition view first (or (B, 1, ...) with the
+        latent cache's batch["latents"] (B, F, 4, h, w) unscaled and batch["clip"] (B, D)); noise_aug (B,);
+        aug_noise (B, 3, H, W) unit Gaussian for the condition view."""
         from ...preprocess import clip_preprocess
         from ..conditioning import noise_augment
 
         frames = batch["frames"]
-        b, f = frames.shape[:2]
+        b, f = batch["elevation_deg"].shape[:2]
         vae, enc = models.vae, models.image_encoder
         vdtype = next(vae.parameters()).dtype
         cond = frames[:, 0]
-        pixels = clip_preprocess(cond.float(), enc.config.image_size)
-        context = enc(pixel_values=pixels.to(next(enc.parameters()).dtype)).image_embeds[:, None, :]
+        if "latents" in batch:  # latent cache: targets and CLIP embedding precomputed
+            context = batch["clip"][:, None, :]
+            latents = self.order_frames(batch["latents"]) * models.scale_factor
+        else:
+            pixels = clip_preprocess(cond.float(), enc.config.image_size)
+            context = enc(pixel_values=pixels.to(next(enc.parameters()).dtype)).image_embeds[:, None, :]
+            latents = vae.encode(self.order_frames(frames).flatten(0, 1).to(vdtype)).latent_dist.mode()
+            latents = latents.unflatten(0, (b, f)) * models.scale_factor
         noisy = noise_augment(cond, noise_aug, aug_noise)
         cond_latent = vae.encode(noisy.to(vdtype)).latent_dist.mode()
-        latents = vae.encode(self.order_frames(frames).flatten(0, 1).to(vdtype)).latent_dist.mode()
-        latents = latents.unflatten(0, (b, f)) * models.scale_factor
         concat = cond_latent[:, None].expand(-1, f, -1, -1, -1)
         ordered = {k: (self.order_frames(v) if k in ("elevation_deg", "azimuth_deg") else v) for k, v in batch.items()}
         return Conditioning(latents.float(), concat.float(), context.float(), self.added_time_ids(noise_aug, ordered))
