@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recon-config", default=None, help="reconstruction config (default configs/reconstruction-example.yaml)")
     p.add_argument("--recon-steps", type=int, default=None, help="reconstruction steps (default: the config's)")
     p.add_argument("--recon-override", action="append", default=[], help="key=value passed to launch.py (repeatable)")
+    p.add_argument("--refine", action="store_true", help="stage 3: then the mesh-refinement stage (configs/reconstruction-refine.yaml)")
+    p.add_argument("--refine-steps", type=int, default=None)
+    p.add_argument("--refine-override", action="append", default=[], help="key=value for the refinement run (repeatable)")
     p.add_argument("--force", action="store_true", help="redo stages already done with other settings")
     return p
 
@@ -87,7 +90,8 @@ def _settings(args, stage: int, upstream: Optional[dict]) -> dict:
     if stage == 2:
         return dict(common, ckpt=os.path.abspath(args.stage2_ckpt), steps=args.steps2, res=args.resolution2,
                     fov=args.fov, distance=args.distance, frame_ratio=args.frame_ratio)
-    return dict(common, config=args.recon_config, steps=args.recon_steps, overrides=list(args.recon_override))
+    return dict(common, config=args.recon_config, steps=args.recon_steps, overrides=list(args.recon_override),
+                refine=args.refine, refine_steps=args.refine_steps, refine_overrides=list(args.refine_override))
 
 
 def _done(stage_dir: str) -> Optional[dict]:
@@ -217,6 +221,11 @@ def run(args: argparse.Namespace) -> Dict[str, dict]:
             orbit = dirs[2] if os.path.isfile(os.path.join(dirs[2], "transforms.json")) else dirs[1]
             paths = run_reconstruction(orbit, dirs[3], args.launch, args.recon_config, args.recon_steps, args.elevation,
                                        args.recon_override)
+            if args.refine:
+                coarse = os.path.join(paths["trial"], "ckpts", "last.ckpt")
+                refined = run_reconstruction(orbit, dirs[3], args.launch, None, args.refine_steps, args.elevation,
+                                             args.refine_override, refine_from=coarse)
+                paths = {**{f"coarse_{k}": v for k, v in paths.items()}, **refined}
             record = _write_done(dirs[3], settings, {**paths, "orbit": orbit})
         print(f"stage {s}: done -> {dirs[s]}")
         results[f"stage{s}"] = upstream = record

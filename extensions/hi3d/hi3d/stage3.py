@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 DEFAULT_CONFIG = os.path.join("configs", "reconstruction-example.yaml")
+REFINE_CONFIG = os.path.join("configs", "reconstruction-refine.yaml")
 
 
 def find_launch(launch: Optional[str] = None) -> str:
@@ -32,15 +33,19 @@ def find_launch(launch: Optional[str] = None) -> str:
 
 def reconstruction_command(orbit_dir: str, out_dir: str, launch: str, config: Optional[str] = None,
                            steps: Optional[int] = None, elevation_deg: float = 0.0,
-                           overrides: Sequence[str] = ()) -> List[str]:
+                           overrides: Sequence[str] = (), refine_from: Optional[str] = None) -> List[str]:
+    """launch.py command of the coarse reconstruction, or (refine_from = the coarse trial's last.ckpt) of the
+    mesh-refinement stage (DMTet + rasterizer, configs/reconstruction-refine.yaml), tag `mesh` / `refined`."""
     root = os.path.dirname(launch)
-    cfg = config or os.path.join(root, DEFAULT_CONFIG)
+    cfg = config or os.path.join(root, REFINE_CONFIG if refine_from else DEFAULT_CONFIG)
     if not os.path.isfile(cfg):
         raise FileNotFoundError(f"reconstruction config {cfg!r} does not exist")
     cmd = [sys.executable, launch, "--config", os.path.abspath(cfg), "--train",
            f"data.dataroot={os.path.abspath(orbit_dir)}", "data.convention=transforms", "data.key_background=white",
            f"data.eval_elevation_deg={float(elevation_deg)}", f"exp_root_dir={os.path.abspath(out_dir)}",
-           "name=hi3d", "tag=mesh", "use_timestamp=false"]
+           "name=hi3d", f"tag={'refined' if refine_from else 'mesh'}", "use_timestamp=false"]
+    if refine_from:
+        cmd.append(f"system.geometry_convert_from={os.path.abspath(refine_from)}")
     if steps is not None:
         cmd.append(f"trainer.max_steps={int(steps)}")
     return cmd + list(overrides)
@@ -48,14 +53,14 @@ def reconstruction_command(orbit_dir: str, out_dir: str, launch: str, config: Op
 
 def run_reconstruction(orbit_dir: str, out_dir: str, launch: Optional[str] = None, config: Optional[str] = None,
                        steps: Optional[int] = None, elevation_deg: float = 0.0, overrides: Sequence[str] = (),
-                       log_path: Optional[str] = None) -> Dict[str, str]:
-    """Run the reconstruction; returns {'trial', 'mesh', 'glb', 'video'} of the finished trial."""
+                       log_path: Optional[str] = None, refine_from: Optional[str] = None) -> Dict[str, str]:
+    """Run the reconstruction (or its mesh refinement); returns {'trial', 'mesh', 'glb', 'video'}."""
     if not os.path.isfile(os.path.join(orbit_dir, "transforms.json")):
         raise FileNotFoundError(f"{orbit_dir!r} has no transforms.json: run stage 1/2 first")
     launch = find_launch(launch)
-    cmd = reconstruction_command(orbit_dir, out_dir, launch, config, steps, elevation_deg, overrides)
+    cmd = reconstruction_command(orbit_dir, out_dir, launch, config, steps, elevation_deg, overrides, refine_from)
     os.makedirs(out_dir, exist_ok=True)
-    log_path = log_path or os.path.join(out_dir, "reconstruction.log")
+    log_path = log_path or os.path.join(out_dir, "refinement.log" if refine_from else "reconstruction.log")
     with open(log_path, "w") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
@@ -63,7 +68,7 @@ def run_reconstruction(orbit_dir: str, out_dir: str, launch: Optional[str] = Non
     if result.returncode != 0:
         tail = open(log_path).read()[-3000:]
         raise RuntimeError(f"the reconstruction failed (exit {result.returncode}); log {log_path}:\n{tail}")
-    trial = os.path.join(out_dir, "hi3d", "mesh")
+    trial = os.path.join(out_dir, "hi3d", "refined" if refine_from else "mesh")
     exports = sorted(glob.glob(os.path.join(trial, "save", "it*-export")), key=lambda p: int(p.rsplit("it", 1)[1].split("-")[0]))
     videos = sorted(glob.glob(os.path.join(trial, "save", "it*-test.mp4")))
     if not exports:

@@ -98,3 +98,17 @@ def test_input_rgba_mask_plain_background_or_refusal(tmp_path, rgba_image):
     Image.fromarray(noisy).save(tmp_path / "photo.png")
     with pytest.raises(ValueError, match="RGBA image.*--mask"):
         load_rgba(str(tmp_path / "photo.png"))
+
+
+def test_stage3_commands_for_reconstruction_and_refinement(tmp_path):
+    from hi3d.stage3 import find_launch, reconstruction_command
+
+    launch = find_launch()
+    coarse = reconstruction_command(str(tmp_path / "orbit"), str(tmp_path / "s3"), launch, steps=7, elevation_deg=10)
+    assert coarse[2:4] == ["--config", os.path.join(REPO, "configs", "reconstruction-example.yaml")]
+    assert "data.key_background=white" in coarse and "tag=mesh" in coarse and "trainer.max_steps=7" in coarse
+    refine = reconstruction_command(str(tmp_path / "orbit"), str(tmp_path / "s3"), launch, refine_from=str(tmp_path / "last.ckpt"))
+    assert refine[3] == os.path.join(REPO, "configs", "reconstruction-refine.yaml")
+    assert f"system.geometry_convert_from={tmp_path / 'last.ckpt'}" in refine and "tag=refined" in refine
+    with pytest.raises(FileNotFoundError, match="--launch"):
+        find_launch(str(tmp_path / "nope.py"))
