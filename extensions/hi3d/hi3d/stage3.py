@@ -31,9 +31,20 @@ def find_launch(launch: Optional[str] = None) -> str:
     )
 
 
+def free_tag(out_dir: str, base: str) -> str:
+    """`base`, or `base-2`, `base-3` ...: the first whose trial folder does not exist (the launcher never overwrites
+    a trial, and neither does a redone stage 3)."""
+    tag, n = base, 1
+    while os.path.exists(os.path.join(out_dir, "hi3d", tag)):
+        n += 1
+        tag = f"{base}-{n}"
+    return tag
+
+
 def reconstruction_command(orbit_dir: str, out_dir: str, launch: str, config: Optional[str] = None,
                            steps: Optional[int] = None, elevation_deg: float = 0.0,
-                           overrides: Sequence[str] = (), refine_from: Optional[str] = None) -> List[str]:
+                           overrides: Sequence[str] = (), refine_from: Optional[str] = None,
+                           tag: Optional[str] = None) -> List[str]:
     """launch.py command of the coarse reconstruction, or (refine_from = the coarse trial's last.ckpt) of the
     mesh-refinement stage (DMTet + rasterizer, configs/reconstruction-refine.yaml), tag `mesh` / `refined`."""
     root = os.path.dirname(launch)
@@ -43,7 +54,7 @@ def reconstruction_command(orbit_dir: str, out_dir: str, launch: str, config: Op
     cmd = [sys.executable, launch, "--config", os.path.abspath(cfg), "--train",
            f"data.dataroot={os.path.abspath(orbit_dir)}", "data.convention=transforms", "data.key_background=white",
            f"data.eval_elevation_deg={float(elevation_deg)}", f"exp_root_dir={os.path.abspath(out_dir)}",
-           "name=hi3d", f"tag={'refined' if refine_from else 'mesh'}", "use_timestamp=false"]
+           "name=hi3d", f"tag={tag or ('refined' if refine_from else 'mesh')}", "use_timestamp=false"]
     if refine_from:
         cmd.append(f"system.geometry_convert_from={os.path.abspath(refine_from)}")
     if steps is not None:
@@ -58,7 +69,8 @@ def run_reconstruction(orbit_dir: str, out_dir: str, launch: Optional[str] = Non
     if not os.path.isfile(os.path.join(orbit_dir, "transforms.json")):
         raise FileNotFoundError(f"{orbit_dir!r} has no transforms.json: run stage 1/2 first")
     launch = find_launch(launch)
-    cmd = reconstruction_command(orbit_dir, out_dir, launch, config, steps, elevation_deg, overrides, refine_from)
+    tag = free_tag(out_dir, "refined" if refine_from else "mesh")
+    cmd = reconstruction_command(orbit_dir, out_dir, launch, config, steps, elevation_deg, overrides, refine_from, tag)
     os.makedirs(out_dir, exist_ok=True)
     log_path = log_path or os.path.join(out_dir, "refinement.log" if refine_from else "reconstruction.log")
     with open(log_path, "w") as log:
@@ -68,7 +80,7 @@ def run_reconstruction(orbit_dir: str, out_dir: str, launch: Optional[str] = Non
     if result.returncode != 0:
         tail = open(log_path).read()[-3000:]
         raise RuntimeError(f"the reconstruction failed (exit {result.returncode}); log {log_path}:\n{tail}")
-    trial = os.path.join(out_dir, "hi3d", "refined" if refine_from else "mesh")
+    trial = os.path.join(out_dir, "hi3d", tag)
     exports = sorted(glob.glob(os.path.join(trial, "save", "it*-export")), key=lambda p: int(p.rsplit("it", 1)[1].split("-")[0]))
     videos = sorted(glob.glob(os.path.join(trial, "save", "it*-test.mp4")))
     if not exports:
