@@ -223,8 +223,10 @@ def run(args: argparse.Namespace) -> Dict[str, dict]:
                                        args.recon_override)
             if args.refine:
                 coarse = os.path.join(paths["trial"], "ckpts", "last.ckpt")
+                # the refinement inherits the coarse texture field: it must be built like the coarse geometry
+                same_geometry = [o for o in args.recon_override if o.startswith("system.geometry.")]
                 refined = run_reconstruction(orbit, dirs[3], args.launch, None, args.refine_steps, args.elevation,
-                                             args.refine_override, refine_from=coarse)
+                                             same_geometry + list(args.refine_override), refine_from=coarse)
                 paths = {**{f"coarse_{k}": v for k, v in paths.items()}, **refined}
             record = _write_done(dirs[3], settings, {**paths, "orbit": orbit})
         print(f"stage {s}: done -> {dirs[s]}")
