@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["THREESTUDIO_TRIAL_DIR"] = cfg.trial_dir
         ckpt_dir = os.path.join(cfg.trial_dir, "ckpts")
         interrupt = GracefulInterruptCallback()
-        callbacks: list = [ProgressFileCallback(cfg.trial_dir)]
+        callbacks: list = [ProgressFileCallback(cfg.trial_dir)] if args.train else []
         out_of_memory = OutOfMemoryCheckpoint(cfg.trial_dir)
         if cfg.trainer.get("enable_progress_bar", True):
             callbacks.append(ProgressBar(refresh_rate=1))
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(describe_input_error(e), file=sys.stderr)
         return 2
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and args.train:
         update_progress(cfg.trial_dir, stage="stopped" if interrupt.interrupted else "done",
                         message="stopped by the user; resume from ckpts/last.ckpt" if interrupt.interrupted else None)
     return 0

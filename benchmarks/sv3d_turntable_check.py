@@ -18,15 +18,18 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
+sys.path.insert(0, REPO)
 
 
 def main() -> int:
     import torch
     from PIL import Image
 
-    from procedural_scene import example_scene, look_at, render, spherical_position
+    from procedural_scene import example_scene, render
     from sv3d import SV3DPipeline, orbit_azimuths_deg
     from sv3d.cameras import SV3D_CAMERA_DISTANCE, SV3D_FOV_DEG
+
+    from threestudio.utils.ops import orbit_c2w
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
@@ -37,11 +40,14 @@ def main() -> int:
     args = parser.parse_args()
     scene = example_scene()
 
+    def camera(azimuth: float) -> np.ndarray:
+        return orbit_c2w(torch.tensor([10.0]), torch.tensor([azimuth]), torch.tensor([SV3D_CAMERA_DISTANCE]))[0].numpy()
+
     def view(azimuth: float, size: int) -> np.ndarray:
-        rgba = render(scene, look_at(spherical_position(10.0, azimuth, SV3D_CAMERA_DISTANCE)), size, SV3D_FOV_DEG, 1)
+        rgba = render(scene, camera(azimuth), size, SV3D_FOV_DEG, 1)
         return rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])  # on white, as SV3D's inputs
 
-    rgba = render(scene, look_at(spherical_position(10.0, 0.0, SV3D_CAMERA_DISTANCE)), args.size, SV3D_FOV_DEG, 1)
+    rgba = render(scene, camera(0.0), args.size, SV3D_FOV_DEG, 1)
     image = Image.fromarray((rgba * 255).round().astype(np.uint8), "RGBA")  # alpha = the object mask
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = SV3DPipeline.from_single_file(args.checkpoint, original_config=args.original_config).to(device, torch.float16 if device == "cuda" else None)

@@ -102,15 +102,25 @@ def check_backends(report: Report, cuda: bool) -> None:
 def check_cpu_kernels(report: Report) -> None:
     report.section("CPU kernels")
     from threestudio.models.encodings import hash_grid_cpu
+    from threestudio.models.rasterization import available_backends
 
     lib = hash_grid_cpu.load_kernel()
+    seconds = hash_grid_cpu.build_seconds()
     if lib is not None:
-        took = f" (load/build {hash_grid_cpu.build_seconds:.1f} s)" if hash_grid_cpu.build_seconds else ""
-        report.item("hash grid kernel", f"compiled{took}")
+        report.item("hash grid kernel", f"compiled (load/build {seconds:.1f} s)" if seconds else "compiled")
     else:
         report.item("hash grid kernel", f"NOT compiled: {hash_grid_cpu.kernel_error()}")
         report.advice.append("CPU hash-grid kernel: install a C++ compiler with OpenMP and ninja "
                              "(apt-get install g++; pip install ninja) for a several-times faster CPU hash grid.")
+    raster = available_backends()
+    if raster["cpu"]:
+        took = raster.get("cpu_build_seconds")
+        report.item("rasterizer kernel", f"compiled (load/build {took:.1f} s)" if took else "compiled")
+    else:
+        report.item("rasterizer kernel", f"NOT compiled: {raster['cpu_error']}; mesh refinement uses the "
+                                         "pure-PyTorch rasterizer (tens of times slower)")
+        report.advice.append("CPU rasterizer kernel: install a C++ compiler with OpenMP and ninja "
+                             "(apt-get install g++; pip install ninja) for mesh refinement on the CPU.")
 
 
 # ------------------------------------------------------------------------------------------ resources

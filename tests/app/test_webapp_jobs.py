@@ -86,7 +86,7 @@ def test_one_job_at_a_time_and_stop_leaves_a_resumable_checkpoint(tmp_path):
             assert time.time() < deadline, first.log_tail()
             time.sleep(0.5)
         assert first.status == "stopped" and first.returncode == 0, first.log_tail()
-        ckpt = torch.load(os.path.join(first.trial_dir, "ckpts", "last.ckpt"), map_location="cpu", weights_only=False)
+        ckpt = torch.load(os.path.join(first.trial_dir, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True)
         assert 3 <= ckpt["global_step"] < 100000
         progress = first.progress()
         assert progress["stage"] == "stopped" and progress["video"].endswith("-test.mp4")

@@ -116,8 +116,8 @@ def test_tiny_4d_run_video_meshes_resume_and_export(tmp_path):
     _launch("--config", os.path.join(part, "configs", "parsed.yaml"), "--train",
             f"resume={os.path.join(part, 'ckpts', 'last.ckpt')}", f"trainer.max_steps={steps}",
             f"trainer.val_check_interval={steps}")
-    a = torch.load(os.path.join(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=False)
-    b = torch.load(os.path.join(part, "ckpts", "last.ckpt"), map_location="cpu", weights_only=False)
+    a = torch.load(os.path.join(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True)
+    b = torch.load(os.path.join(part, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True)
     assert b["global_step"] == steps
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key

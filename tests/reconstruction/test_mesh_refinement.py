@@ -64,7 +64,7 @@ def test_refine_config_trains_saves_resumes_tests_and_exports(tmp_path):
          "trainer.val_check_interval=3", *common])
     trial = os.path.join(tmp_path, "reconstruction-refine", "tiny")
     last = os.path.join(trial, "ckpts", "last.ckpt")
-    state = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
     assert state["geometry.sdf"].shape == ((24 + 1) ** 3,)
     box = state["geometry.isosurface_bbox"]
     assert (box[1] - box[0]).max() < 1.6  # the lattice hugs the coarse sphere (radius ~0.54), not the 2.0 box
@@ -81,7 +81,7 @@ def test_refine_config_trains_saves_resumes_tests_and_exports(tmp_path):
     os.remove(ckpt)
     run(["--config", os.path.join(trial, "configs", "parsed.yaml"), "--train", f"resume={last}",
          "trainer.max_steps=5", "trainer.val_check_interval=5"])
-    resumed = torch.load(last, map_location="cpu", weights_only=False)
+    resumed = torch.load(last, map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 5
     assert not torch.equal(resumed["state_dict"]["geometry.sdf"], state["geometry.sdf"])
     assert os.path.isfile(os.path.join(save, "it5-export", "model.glb"))

@@ -44,7 +44,7 @@ def launch(*args):
 
 def check_trial(trial, steps: int, resumed_steps: int, coarse_ckpt: str, *export_args: str) -> None:
     last = trial / "ckpts" / "last.ckpt"
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = torch.load(last, map_location="cpu", weights_only=True)
     assert state["global_step"] == steps
     assert state["state_dict"]["geometry.sdf"].shape == (17 ** 3,)
     assert not any(k.startswith("guidance") for k in state["state_dict"])
@@ -52,7 +52,7 @@ def check_trial(trial, steps: int, resumed_steps: int, coarse_ckpt: str, *export
     os.remove(coarse_ckpt)  # a resumed run does not read the coarse trial again
     launch("--config", str(trial / "configs" / "parsed.yaml"), "--train", f"resume={last}",
            f"trainer.max_steps={resumed_steps}")
-    resumed = torch.load(last, map_location="cpu", weights_only=False)
+    resumed = torch.load(last, map_location="cpu", weights_only=True)
     assert resumed["global_step"] == resumed_steps
     assert not torch.equal(resumed["state_dict"]["geometry.sdf"], state["state_dict"]["geometry.sdf"])
     parsed, resume = str(trial / "configs" / "parsed.yaml"), f"resume={last}"

@@ -200,7 +200,9 @@ void backward_impl(const Grid& grid, const float* x, int64_t n, const float* par
     const Level& last = grid.levels[L - 1];
     advise_huge_pages(grad_params, sizeof(float) * ((size_t)last.offset + last.size) * F);
   }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
+// static round-robin (level l on thread l % n_threads): which levels share a thread's position-gradient
+// partial sums must not depend on timing, or grad_x (and a resumed run) would differ run to run
+#pragma omp parallel for schedule(static, 1) num_threads(n_threads)
   for (int l = 0; l < L; ++l) {
     const Level& lv = grid.levels[l];
     const float* table = params + (int64_t)lv.offset * F;
@@ -276,7 +278,7 @@ void backward_backward_impl(const Grid& grid, const float* x, int64_t n, const f
     const Level& last = grid.levels[L - 1];
     advise_huge_pages(gg_params, sizeof(float) * ((size_t)last.offset + last.size) * F);
   }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
+#pragma omp parallel for schedule(static, 1) num_threads(n_threads)  // deterministic, as above
   for (int l = 0; l < L; ++l) {
     const Level& lv = grid.levels[l];
     const float* table = params + (int64_t)lv.offset * F;

@@ -143,6 +143,8 @@ def laplacian_smoothness(vertices: Tensor, faces: Tensor) -> Tensor:
     degree = torch.zeros(n, dtype=vertices.dtype, device=vertices.device).index_add(
         0, src, torch.ones_like(src, dtype=vertices.dtype))
     used = degree > 0
+    if not used.any():  # no faces (an empty surface): zero, with a gradient path
+        return vertices.sum() * 0
     lap = total[used] / degree[used, None] - vertices[used]
     return (lap ** 2).sum(-1).mean()
 

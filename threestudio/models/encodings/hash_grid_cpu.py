@@ -56,6 +56,10 @@ def kernel_error() -> Optional[str]:
     return _kernel.error
 
 
+def build_seconds() -> Optional[float]:
+    return _kernel.build_seconds
+
+
 class GridMeta:
     """Per-level constants of a layout, as arrays the kernel can read."""
 
