@@ -143,6 +143,46 @@ def test_renderer_outputs_and_gradients_on_the_mesh():
     assert g.encoding.encoding.encoding.params.grad.abs().sum() > 0 if hasattr(g.encoding, "encoding") else True
 
 
+def test_supersampled_render_is_the_average_of_the_finer_render():
+    g = make_grid(shape_init="sphere:0.5")
+    material = build_module("no-material", {}, "m")
+    background = build_module("solid-color-background", {"color": [0.0, 0.0, 1.0]}, "b")
+
+    def renderer(**cfg):
+        return build_module("nvdiff-rasterizer", {"context_type": "cpu", **cfg}, "system.renderer", geometry=g,
+                            material=material, background=background)
+
+    coarse = renderer(supersample=2)(**orbit_cameras(2, 20.0, 2.5, 40.0, 24, 20))
+    fine = renderer()(**orbit_cameras(2, 20.0, 2.5, 40.0, 48, 40))
+    for key in ("comp_rgb", "opacity", "depth"):
+        pooled = torch.nn.functional.avg_pool2d(fine[key].permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+        assert coarse[key].shape == (2, 24, 20, pooled.shape[-1])
+        torch.testing.assert_close(coarse[key], pooled, rtol=1e-5, atol=1e-5)
+    # partly covered outline pixels blend the sphere and the blue background
+    edge = (coarse["opacity"] > 0.2) & (coarse["opacity"] < 0.8)
+    assert edge.any()
+    with pytest.raises(threestudio.utils.config.ConfigError, match="system.renderer.supersample"):
+        renderer(supersample=0)
+    # train_jitter: a random sub-pixel shift of the samples in training only
+    jittered = renderer(supersample=2, train_jitter=True)
+    batch = orbit_cameras(2, 20.0, 2.5, 40.0, 24, 20)
+    jittered.eval()
+    torch.testing.assert_close(jittered(**batch)["opacity"], coarse["opacity"])
+    jittered.train()
+    first, second = jittered(**batch)["opacity"], jittered(**batch)["opacity"]
+    assert not torch.allclose(first, second) and not torch.allclose(first, coarse["opacity"])
+    # a shift of at most half a fine pixel moves the outline, not the object: coverage nearly unchanged
+    assert float((first.sum() - coarse["opacity"].sum()).abs()) < 0.05 * float(coarse["opacity"].sum())
+
+
+def test_conversion_free_level_must_be_below_the_threshold():
+    nerf, _ = nerf_with_known_surface()
+    cls = threestudio.find("tetrahedra-sdf-grid")
+    with pytest.raises(threestudio.utils.config.ConfigError, match="convert_free_level"):
+        cls.create_from(nerf, {"isosurface_resolution": 16, "pos_encoding_config": SMALL_GRID,
+                               "convert_free_level": 5.0}, config_path="system.geometry")
+
+
 def test_mesh_regularisers():
     v, f = extract(lambda x: x.norm(dim=-1) - 0.6, 16)
     smooth_nc, smooth_lap = float(normal_consistency(v, f)), float(laplacian_smoothness(v, f))

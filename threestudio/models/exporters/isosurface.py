@@ -111,13 +111,22 @@ def resolve_threshold(grid: np.ndarray, threshold: Union[float, str]) -> float:
     return float(threshold)
 
 
-def fill_cavities(grid: np.ndarray, threshold: float) -> np.ndarray:
+def fill_cavities(grid: np.ndarray, threshold: float, free_level: Optional[float] = None) -> np.ndarray:
     """Raise enclosed empty pockets (not connected to the box boundary) above `threshold`. A NeRF's interior
-    is never seen by any ray, so its density there is arbitrary; pockets would become inner surfaces."""
-    from scipy.ndimage import binary_fill_holes
+    is never seen by any ray, so its density there is arbitrary; pockets would become inner surfaces.
+
+    With `free_level` (< threshold), space counts as connected to the outside only through values below it:
+    pockets behind thin fog (values between the two levels, e.g. under a surface seen at grazing angles)
+    are filled too."""
+    from scipy import ndimage
 
     inside = grid > threshold
-    filled = binary_fill_holes(inside)
+    if free_level is None:
+        filled = ndimage.binary_fill_holes(inside)
+    else:
+        free = np.pad(grid < min(free_level, threshold), 1, constant_values=True)
+        labels, _ = ndimage.label(free)
+        filled = (labels != labels[0, 0, 0])[1:-1, 1:-1, 1:-1] | inside
     cavities = filled & ~inside
     if not cavities.any():
         return grid
@@ -156,13 +165,15 @@ def marching_cubes(grid: np.ndarray, threshold: float, bounds: Bounds) -> tuple[
 
 def extract_isosurface(density_fn: Callable[[Tensor], Tensor], resolution: int, threshold: Union[float, str],
                        bounds: Bounds, chunk: int = 262144, device: Optional[torch.device] = None,
-                       cavities: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
+                       cavities: bool = True, free_level: Optional[float] = None
+                       ) -> tuple[np.ndarray, np.ndarray, float]:
     """Sample `density_fn` ((N, 3) -> (N, 1)) on the grid, resolve the threshold (a level or "auto"),
-    optionally fill enclosed cavities, run marching cubes. Returns vertices (V, 3), faces (F, 3), level."""
+    optionally fill enclosed cavities (see `fill_cavities` for `free_level`), run marching cubes. Returns
+    vertices (V, 3), faces (F, 3), level."""
     grid = sample_density_grid(density_fn, resolution, bounds, chunk, device)
     level = resolve_threshold(grid, threshold)
     if cavities:
-        grid = fill_cavities(grid, level)
+        grid = fill_cavities(grid, level, free_level)
     vertices, faces = marching_cubes(grid, level, bounds)
     logger.info("marching cubes at %.4g: %d vertices, %d faces", level, len(vertices), len(faces))
     return vertices, faces, level
