@@ -196,3 +196,15 @@ def test_mesh_regularisers():
     bent[3, 2] = 1.0  # the second triangle tilts by 45 degrees about the shared edge... (1 - cos)
     n2 = torch.nn.functional.normalize(torch.cross(bent[1] - bent[2], bent[3] - bent[2], dim=0), dim=0)
     assert float(normal_consistency(bent, faces)) == pytest.approx(1 - float(n2[2]), abs=1e-6)
+
+
+def test_laplacian_smoothness_is_the_uniform_laplacian_of_a_closed_mesh():
+    # an octahedron: every vertex has 4 neighbours; move the top one up by 0.5
+    v = torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1.5], [0, 0, -1]])
+    f = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    assert trimesh.Trimesh(v.numpy(), f.numpy()).is_watertight
+    expected = []
+    for i in range(6):
+        neighbours = sorted({int(j) for face in f.tolist() if i in face for j in face if j != i})
+        expected.append(((v[neighbours].mean(0) - v[i]) ** 2).sum())
+    assert float(laplacian_smoothness(v, f)) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-6)
