@@ -208,3 +208,4 @@ def test_laplacian_smoothness_is_the_uniform_laplacian_of_a_closed_mesh():
         neighbours = sorted({int(j) for face in f.tolist() if i in face for j in face if j != i})
         expected.append(((v[neighbours].mean(0) - v[i]) ** 2).sum())
     assert float(laplacian_smoothness(v, f)) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-6)
+

@@ -115,9 +115,11 @@ def fill_cavities(grid: np.ndarray, threshold: float, free_level: Optional[float
     """Raise enclosed empty pockets (not connected to the box boundary) above `threshold`. A NeRF's interior
     is never seen by any ray, so its density there is arbitrary; pockets would become inner surfaces.
 
-    With `free_level` (< threshold), space counts as connected to the outside only through values below it:
-    pockets behind thin fog (values between the two levels, e.g. under a surface seen at grazing angles)
-    are filled too."""
+    With `free_level` (< threshold), space counts as outside only where it is reachable from the boundary
+    through values below it: pockets behind thin fog (values between the two levels, e.g. under a surface
+    seen only at grazing angles) are filled too. Fog that thickens towards a surface is filled as well, so
+    the surface moves out to the `free_level` isosurface where the field falls off softly (by under a voxel
+    at a trained NeRF's sharp surfaces)."""
     from scipy import ndimage
 
     inside = grid > threshold
