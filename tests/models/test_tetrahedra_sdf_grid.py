@@ -209,3 +209,36 @@ def test_laplacian_smoothness_is_the_uniform_laplacian_of_a_closed_mesh():
         expected.append(((v[neighbours].mean(0) - v[i]) ** 2).sum())
     assert float(laplacian_smoothness(v, f)) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-6)
 
+
+
+class FoggyHollowBall(torch.nn.Module):
+    """A coarse density field: a shell (0.3 < r < 0.6, density 100) whose hollow reaches the outside through a
+    foggy channel (density 15, below the threshold 25): a NeRF's unseen interior behind a grazing-angle hole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.cfg = SimpleNamespace(isosurface_threshold=25.0, isosurface_resolution=48)
+        self.register_buffer("bbox", BOX.clone())
+
+    def forward_field(self, points: torch.Tensor):
+        r = points.norm(dim=-1)
+        density = torch.where((r > 0.3) & (r < 0.6), 100.0, 0.0)
+        channel = (points[..., 1:].norm(dim=-1) < 0.12) & (points[..., 0] > 0) & (r < 0.6)
+        return torch.where(channel, 15.0, density)[..., None], None
+
+    def forward_level(self, field: torch.Tensor, threshold: float) -> torch.Tensor:
+        return -(field - threshold)
+
+
+@pytest.mark.parametrize("free_level", [None, 5.0])
+def test_conversion_fills_the_pocket_behind_fog_with_a_free_level(free_level):
+    cls = threestudio.find("tetrahedra-sdf-grid")
+    dmtet = cls.create_from(FoggyHollowBall(), {"isosurface_resolution": 32, "convert_free_level": free_level,
+                                                "geometry_only": True}, copy_net=False)
+    radius = dmtet.isosurface().vertices.detach().norm(dim=-1)
+    if free_level is None:
+        assert float(radius.min()) < 0.35  # the hollow's wall became an inner surface
+    else:
+        assert float(radius.min()) > 0.6 - 2 * float(dmtet.cell_size().max())  # one solid ball
