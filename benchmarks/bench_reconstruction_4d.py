@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--objects", default="example,seed:1,seed:2")
     parser.add_argument("--steps", type=int, default=None, help="trainer.max_steps (default: the config's)")
     parser.add_argument("--out", default="/tmp/bench_reconstruction_4d")
+    parser.add_argument("--config", default=CONFIG, help="the 4D config to run (default: the example's)")
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = parser.parse_args(argv)
     extra = list(args.overrides)
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in [o.strip() for o in args.objects.split(",") if o.strip()]:
         data = dataset_for(name, args.out, EXAMPLE, make_moving)
         tag = name.replace(":", "")
-        trial, wall, cpu = run_job(data, args.out, tag, extra, config=CONFIG)
+        trial, wall, cpu = run_job(data, args.out, tag, extra, config=args.config)
         psnr, step = logged(trial, "test/psnr")
         psnr_view, _ = logged(trial, "test/psnr_novel_view")
         psnr_frame, _ = logged(trial, "test/psnr_novel_frame")

@@ -30,7 +30,8 @@ def test_rays_at_several_times_render_as_separate_groups(tmp_path):
         # a textured canonical field and a time-dependent deformation (untrained, both are near constant)
         for p in system.geometry.encoding.parameters():
             p.copy_(torch.randn_like(p))
-        for p in system.geometry.deformation_network.parameters():
+        for p in [*system.geometry.deformation_pos_encoding.parameters(),
+                  *system.geometry.deformation_network.parameters()]:
             p.copy_(torch.randn_like(p) * 0.3)
     system.eval()
     system.renderer.estimator.fill(True)

@@ -111,14 +111,29 @@ def resolve_threshold(grid: np.ndarray, threshold: Union[float, str]) -> float:
     return float(threshold)
 
 
-def fill_cavities(grid: np.ndarray, threshold: float) -> np.ndarray:
+def fill_cavities(grid: np.ndarray, threshold: float, passage: int = 0) -> np.ndarray:
     """Raise enclosed empty pockets (not connected to the box boundary) above `threshold`. A NeRF's interior
-    is never seen by any ray, so its density there is arbitrary; pockets would become inner surfaces."""
-    from scipy.ndimage import binary_fill_holes
+    is never seen by any ray, so its density there is arbitrary; pockets would become inner surfaces.
+
+    passage > 0: a pocket also counts as enclosed when it reaches the outside only through passages narrower
+    than 2 * passage + 1 voxels (pinholes in a shell that renders opaque, common in a dynamic field's
+    never-seen interior). The outside is then the boundary-connected part of the empty space opened by a
+    (2 passage + 1)³ cube, grown back by passage + 1 voxels within the empty space, so narrow gaps and
+    corners next to the outside stay empty."""
+    from scipy.ndimage import binary_dilation, binary_fill_holes, binary_opening, label
 
     inside = grid > threshold
-    filled = binary_fill_holes(inside)
-    cavities = filled & ~inside
+    if passage > 0:
+        empty = ~inside
+        structure = np.ones((3, 3, 3), dtype=bool)
+        wide = binary_opening(np.pad(empty, passage + 1, constant_values=True), structure, iterations=passage)
+        wide = wide[(slice(passage + 1, -passage - 1),) * 3]
+        labels, _ = label(np.pad(wide, 1, constant_values=True))
+        outside = (labels == labels[0, 0, 0])[1:-1, 1:-1, 1:-1]
+        outside = binary_dilation(outside, structure, iterations=passage + 1, mask=empty)
+        cavities = empty & ~outside
+    else:
+        cavities = binary_fill_holes(inside) & ~inside
     if not cavities.any():
         return grid
     logger.info("filled %d enclosed empty voxels", int(cavities.sum()))
@@ -156,13 +171,13 @@ def marching_cubes(grid: np.ndarray, threshold: float, bounds: Bounds) -> tuple[
 
 def extract_isosurface(density_fn: Callable[[Tensor], Tensor], resolution: int, threshold: Union[float, str],
                        bounds: Bounds, chunk: int = 262144, device: Optional[torch.device] = None,
-                       cavities: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
+                       cavities: bool = True, passage: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
     """Sample `density_fn` ((N, 3) -> (N, 1)) on the grid, resolve the threshold (a level or "auto"),
     optionally fill enclosed cavities, run marching cubes. Returns vertices (V, 3), faces (F, 3), level."""
     grid = sample_density_grid(density_fn, resolution, bounds, chunk, device)
     level = resolve_threshold(grid, threshold)
     if cavities:
-        grid = fill_cavities(grid, level)
+        grid = fill_cavities(grid, level, passage)
     vertices, faces = marching_cubes(grid, level, bounds)
     logger.info("marching cubes at %.4g: %d vertices, %d faces", level, len(vertices), len(faces))
     return vertices, faces, level

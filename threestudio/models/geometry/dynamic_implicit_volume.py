@@ -36,6 +36,11 @@ from threestudio.utils.config import ConfigError
 
 TimeSpec = Union[float, torch.Tensor, str]
 
+# a multi-resolution hash grid for D's position input (finest ~130³): a per-part motion is discontinuous
+# where a moving part touches a static one, which a few frequencies cannot represent
+DEFAULT_DEFORMATION_POS_ENCODING = {"otype": "HashGrid", "n_levels": 8, "n_features_per_level": 2,
+                                    "log2_hashmap_size": 17, "base_resolution": 16, "per_level_scale": 1.35}
+
 
 @threestudio.register("dynamic-implicit-volume")
 class DynamicImplicitVolume(ImplicitVolume):
@@ -44,9 +49,14 @@ class DynamicImplicitVolume(ImplicitVolume):
 
     @dataclass
     class Config(ImplicitVolume.Config):
-        # D's inputs: the point in the unit cube and the time, each through its own encoding
-        deformation_pos_encoding_config: dict = field(
-            default_factory=lambda: {"otype": "Frequency", "n_frequencies": 5, "include_xyz": True})
+        # D's inputs: the point in the unit cube and the time, each through its own encoding; null: the
+        # default (DEFAULT_DEFORMATION_POS_ENCODING), replaced as a whole (not merged) by a given mapping
+        deformation_pos_encoding_config: Optional[dict] = None
+        # how D depends on t: "trajectory" (D(x, t) = sum_k c_k(x) phi_k(t), the network maps the encoded point to
+        # the coefficients of a low-frequency time basis: sin(pi k t), cos(pi k t), k = 1..trajectory_frequencies)
+        # or "mlp" (one network on the encoded point and the encoded time, deformation_time_encoding_config)
+        deformation_model: str = "trajectory"
+        trajectory_frequencies: int = 3
         deformation_time_encoding_config: dict = field(
             default_factory=lambda: {"otype": "Frequency", "n_frequencies": 4, "include_xyz": True})
         deformation_network_config: dict = field(
@@ -68,11 +78,23 @@ class DynamicImplicitVolume(ImplicitVolume):
         super().configure()
         if self.cfg.deformation_scale <= 0 or self.cfg.temporal_delta <= 0:
             raise ConfigError(f"{self.config_path}.deformation_scale and temporal_delta must be positive.")
+        if self.cfg.deformation_model not in ("trajectory", "mlp"):
+            raise ConfigError(f"{self.config_path}.deformation_model must be 'trajectory' or 'mlp', "
+                              f"got '{self.cfg.deformation_model}'.")
+        if self.cfg.deformation_model == "trajectory" and self.cfg.trajectory_frequencies < 1:
+            raise ConfigError(f"{self.config_path}.trajectory_frequencies must be at least 1, "
+                              f"got {self.cfg.trajectory_frequencies}.")
         try:
-            self.deformation_pos_encoding = get_encoding(3, self.cfg.deformation_pos_encoding_config)
-            self.deformation_time_encoding = get_encoding(1, self.cfg.deformation_time_encoding_config)
-            n_in = self.deformation_pos_encoding.n_output_dims + self.deformation_time_encoding.n_output_dims
-            self.deformation_network = get_mlp(n_in, 3, self.cfg.deformation_network_config)
+            pos_config = self.cfg.deformation_pos_encoding_config or DEFAULT_DEFORMATION_POS_ENCODING
+            self.deformation_pos_encoding = get_encoding(3, pos_config)
+            n_in = self.deformation_pos_encoding.n_output_dims
+            if self.cfg.deformation_model == "mlp":
+                self.deformation_time_encoding = get_encoding(1, self.cfg.deformation_time_encoding_config)
+                n_in += self.deformation_time_encoding.n_output_dims
+                n_out = 3
+            else:
+                n_out = 3 * 2 * self.cfg.trajectory_frequencies
+            self.deformation_network = get_mlp(n_in, n_out, self.cfg.deformation_network_config)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"{self.config_path}: {e}") from None
         # the field starts static: the last layer of D is zero
@@ -118,10 +140,22 @@ class DynamicImplicitVolume(ImplicitVolume):
         """D(x, t) (..., 3) in world units for world points (..., 3)."""
         x = contract_to_unit_cube(points, self.bbox).reshape(-1, 3)
         t = self._times_for(points, time)
-        enc = torch.cat([self.deformation_pos_encoding(x), self.deformation_time_encoding(t)], dim=-1)
-        raw = self.deformation_network(enc)
+        if self.cfg.deformation_model == "mlp":
+            enc = torch.cat([self.deformation_pos_encoding(x), self.deformation_time_encoding(t)], dim=-1)
+            raw = self.deformation_network(enc)
+        else:
+            coefficients = self.deformation_network(self.deformation_pos_encoding(x)).view(-1, 3, 2 * self.cfg.trajectory_frequencies)
+            raw = (coefficients * self.time_basis(t).unsqueeze(1)).sum(-1)
         s = self.cfg.deformation_scale
         return (s * torch.tanh(raw / s)).view(*points.shape[:-1], 3)
+
+    def time_basis(self, t: torch.Tensor) -> torch.Tensor:
+        """(N, 2K) trajectory basis at times t (N, 1): sin(pi k t), cos(pi k t) for k = 1..K. No constant term (a
+        time-independent offset is the canonical field's), and a half period over [0, 1], so a motion need not
+        be periodic over the sequence."""
+        k = torch.arange(1, self.cfg.trajectory_frequencies + 1, device=t.device, dtype=t.dtype)
+        angle = torch.pi * t * k
+        return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
 
     def canonical_points(self, points: torch.Tensor, time: Optional[TimeSpec] = None) -> torch.Tensor:
         return points + self.deformation(points, time)
