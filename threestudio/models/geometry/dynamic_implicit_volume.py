@@ -16,15 +16,20 @@ k = 1..trajectory_frequencies; no constant term: a fixed offset is the canonical
 on a smooth curve, so a time between frames interpolates. The point goes through its own hash grid
 (DEFAULT_DEFORMATION_POS_ENCODING): per-part motion is discontinuous where a moving part touches a static
 one. "mlp" is one network on the encoded point and the encoded time (`deformation_time_encoding_config`).
-Measured on the bundled example (benchmarks/bench_reconstruction_4d.py, 1500 steps; held-out PSNR all /
-novel view / novel frame, dB; Chamfer-L1 mean / worst frame with the example's exporter):
-- mlp on 3 frequencies of x and t (the first design): 28.46 / 29.16 / 27.43; 0.0088 / 0.0111. Moving thin
-  parts blur: a few frequencies cannot make the motion's spatial discontinuities.
-- mlp on a hash grid of x (8 levels to 130³, 2^17 entries): 28.69 / 31.24 / 25.47. Sharp at the training
-  frames, but the held-out frame shreds moving parts: nothing keeps D smooth in t between frames.
-- trajectory on that grid: 29.70 / 31.80 / 27.07.
-- trajectory on a collision-free grid (6 levels to 64³, 2^18 entries, the example's config): 29.58 / 30.93 /
-  27.86; 0.0077 / 0.0090. Hash collisions give a point unseen at some frames another point's motion.
+Measured on the bundled example (benchmarks/bench_reconstruction_4d.py, 1 thread; held-out PSNR all /
+novel view / novel frame in dB; Chamfer-L1 mean / worst frame of the per-frame meshes with the example's
+exporter settings, threshold 5 and cavity_passage 2):
+- mlp on 3 frequencies of x and t (the first design), 1500 steps: 28.46 / 29.16 / 27.43; 0.0088 / 0.0111.
+  Moving thin parts blur: a few frequencies cannot make the motion's spatial discontinuities.
+- mlp on a hash grid of x (8 levels to 130³, 2^17 entries), 1500 steps: 28.69 / 31.24 / 25.47. Sharp at the
+  training frames, but the held-out frame shreds moving parts: nothing keeps D smooth in t between frames.
+- trajectory on that grid, 1500 steps: 29.70 / 31.80 / 27.07.
+- trajectory on a collision-free grid (6 levels to 64³, 2^18 entries), 1500 steps: 29.58 / 30.93 / 27.86;
+  0.0077 / 0.0090; 2000 steps: 30.55 / 32.27 / 28.37; 0.0071 / 0.0084. Hash collisions give a point another
+  point's motion at the frames where nothing constrains it.
+- the same grid coarse to fine (the default), 2000 steps: 30.89 / 32.07 / 29.45; 0.0078 / 0.0091. The smooth
+  motion is fitted first, so the space a thin part sweeps between two frames moves with the part (at the
+  held-out frame a moving chimney stays whole instead of shredding).
 
 Time: `at_time(t)` sets the time of every query inside the `with` block (a float, a per-point tensor
 (N,) or "random": a fresh uniform time per point, the union over time, used for the occupancy grid).
@@ -49,10 +54,12 @@ from threestudio.utils.config import ConfigError
 
 TimeSpec = Union[float, torch.Tensor, str]
 
-# a multi-resolution hash grid for D's position input (finest ~130³): a per-part motion is discontinuous
-# where a moving part touches a static one, which a few frequencies cannot represent
-DEFAULT_DEFORMATION_POS_ENCODING = {"otype": "HashGrid", "n_levels": 8, "n_features_per_level": 2,
-                                    "log2_hashmap_size": 17, "base_resolution": 16, "per_level_scale": 1.35}
+# D's position input: a multi-resolution hash grid (a per-part motion is discontinuous where a moving part
+# touches a static one, which a few frequencies cannot represent), 6 levels up to 64³ in 2^18 entries (no hash
+# collisions), coarse to fine (2 levels, one more every 150 steps)
+DEFAULT_DEFORMATION_POS_ENCODING = {"otype": "ProgressiveBandHashGrid", "n_levels": 6, "n_features_per_level": 2,
+                                    "log2_hashmap_size": 18, "base_resolution": 16, "per_level_scale": 1.32,
+                                    "start_level": 2, "start_step": 0, "update_steps": 150}
 
 
 @threestudio.register("dynamic-implicit-volume")
