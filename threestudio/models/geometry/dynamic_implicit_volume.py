@@ -17,8 +17,8 @@ on a smooth curve, so a time between frames interpolates. The point goes through
 (DEFAULT_DEFORMATION_POS_ENCODING): per-part motion is discontinuous where a moving part touches a static
 one. "mlp" is one network on the encoded point and the encoded time (`deformation_time_encoding_config`).
 Measured on the bundled example (benchmarks/bench_reconstruction_4d.py, 1 thread; held-out PSNR all /
-novel view / novel frame in dB; Chamfer-L1 mean / worst frame of the per-frame meshes exported with
-cavity_passage 2 at threshold 5; the example's threshold 25 is within 0.001 on the frames checked):
+novel view / novel frame in dB; Chamfer-L1 mean / worst frame of the per-frame meshes with the example's
+exporter settings, cavity_passage 2 and threshold 5):
 - mlp on 3 frequencies of x and t (the first design), 1500 steps: 28.46 / 29.16 / 27.43; 0.0088 / 0.0111.
   Moving thin parts blur: a few frequencies cannot make the motion's spatial discontinuities.
 - mlp on a hash grid of x (8 levels to 130³, 2^17 entries), 1500 steps: 28.69 / 31.24 / 25.47. Sharp at the
