@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--coarse", nargs="*", default=[], help="extra key=value overrides of the coarse run")
     parser.add_argument("--refine", nargs="*", default=[], help="extra key=value overrides of the refine run")
     parser.add_argument("--out", default="/tmp/bench_refinement")
+    parser.add_argument("--reuse-coarse", action="store_true",
+                        help="refine the coarse trials already in --out (their time is then not measured)")
     args = parser.parse_args(argv)
     coarse_extra = list(args.coarse)
     refine_extra = list(args.refine)
@@ -73,12 +75,20 @@ def main(argv: list[str] | None = None) -> None:
         data = dataset_for(name, args.out)
         tag = name.replace(":", "")
         scene = os.path.join(data, "scene.json")
-        coarse, c_wall, c_cpu = launch(COARSE, "reconstruction-example", args.out, tag,
-                                       [f"data.dataroot={data}"] + coarse_extra)
+        coarse = os.path.join(args.out, "reconstruction-example", tag)
+        if args.reuse_coarse and os.path.isfile(os.path.join(coarse, "ckpts", "last.ckpt")):
+            c_wall = c_cpu = float("nan")
+        else:
+            coarse, c_wall, c_cpu = launch(COARSE, "reconstruction-example", args.out, tag,
+                                           [f"data.dataroot={data}"] + coarse_extra)
         c_psnr, c_step = logged(coarse, "test/psnr")
         c_chamfer, c_normal, c_faces = quality(coarse, scene)
         rows.append((name, "coarse (MC)", c_step, c_psnr, c_chamfer, c_normal, c_faces, c_wall, c_cpu))
         print(f"done {rows[-1]}", flush=True)
+        if args.reuse_coarse:  # a fresh refinement trial each time
+            import shutil
+
+            shutil.rmtree(os.path.join(args.out, "reconstruction-refine", tag), ignore_errors=True)
         refined, r_wall, r_cpu = launch(REFINE, "reconstruction-refine", args.out, tag,
                                         [f"data.dataroot={data}",
                                          f"system.geometry_convert_from={os.path.join(coarse, 'ckpts', 'last.ckpt')}"]
@@ -94,6 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     for name, stage, step, psnr, chamfer, normal, faces, wall, cpu in rows:
         print(f"| {name:<8} | {stage:<15} | {step:>5d} | {psnr:>7.2f} | {chamfer:>10.5f} | {normal:>14.2f} | "
               f"{faces:>6d} | {wall:>6.0f} | {cpu:>6.0f} |")
+    print(f"\n| {'object':<8} | {'Chamfer refined/coarse':>22} | {'normal refined/coarse':>21} | "
+          f"{'PSNR refined-coarse dB':>22} | {'coarse+refine wall s':>20} |")
+    for coarse_row, refined_row in zip(rows[0::2], rows[1::2]):
+        print(f"| {coarse_row[0]:<8} | {refined_row[4] / coarse_row[4]:>22.2f} | {refined_row[5] / coarse_row[5]:>21.2f} | "
+              f"{refined_row[3] - coarse_row[3]:>+22.2f} | {coarse_row[7] + refined_row[7]:>20.0f} |")
     print("targets: refined Chamfer-L1 <= 0.7 x coarse, normal error <= 0.5 x coarse, PSNR >= coarse, "
           "coarse + refine <= 600 s")
 

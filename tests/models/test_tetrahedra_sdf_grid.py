@@ -143,6 +143,46 @@ def test_renderer_outputs_and_gradients_on_the_mesh():
     assert g.encoding.encoding.encoding.params.grad.abs().sum() > 0 if hasattr(g.encoding, "encoding") else True
 
 
+def test_supersampled_render_is_the_average_of_the_finer_render():
+    g = make_grid(shape_init="sphere:0.5")
+    material = build_module("no-material", {}, "m")
+    background = build_module("solid-color-background", {"color": [0.0, 0.0, 1.0]}, "b")
+
+    def renderer(**cfg):
+        return build_module("nvdiff-rasterizer", {"context_type": "cpu", **cfg}, "system.renderer", geometry=g,
+                            material=material, background=background)
+
+    coarse = renderer(supersample=2)(**orbit_cameras(2, 20.0, 2.5, 40.0, 24, 20))
+    fine = renderer()(**orbit_cameras(2, 20.0, 2.5, 40.0, 48, 40))
+    for key in ("comp_rgb", "opacity", "depth"):
+        pooled = torch.nn.functional.avg_pool2d(fine[key].permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+        assert coarse[key].shape == (2, 24, 20, pooled.shape[-1])
+        torch.testing.assert_close(coarse[key], pooled, rtol=1e-5, atol=1e-5)
+    # partly covered outline pixels blend the sphere and the blue background
+    edge = (coarse["opacity"] > 0.2) & (coarse["opacity"] < 0.8)
+    assert edge.any()
+    with pytest.raises(threestudio.utils.config.ConfigError, match="system.renderer.supersample"):
+        renderer(supersample=0)
+    # train_jitter: a random sub-pixel shift of the samples in training only
+    jittered = renderer(supersample=2, train_jitter=True)
+    batch = orbit_cameras(2, 20.0, 2.5, 40.0, 24, 20)
+    jittered.eval()
+    torch.testing.assert_close(jittered(**batch)["opacity"], coarse["opacity"])
+    jittered.train()
+    first, second = jittered(**batch)["opacity"], jittered(**batch)["opacity"]
+    assert not torch.allclose(first, second) and not torch.allclose(first, coarse["opacity"])
+    # a shift of at most half a fine pixel moves the outline, not the object: coverage nearly unchanged
+    assert float((first.sum() - coarse["opacity"].sum()).abs()) < 0.05 * float(coarse["opacity"].sum())
+
+
+def test_conversion_free_level_must_be_below_the_threshold():
+    nerf, _ = nerf_with_known_surface()
+    cls = threestudio.find("tetrahedra-sdf-grid")
+    with pytest.raises(threestudio.utils.config.ConfigError, match="convert_free_level"):
+        cls.create_from(nerf, {"isosurface_resolution": 16, "pos_encoding_config": SMALL_GRID,
+                               "convert_free_level": 5.0}, config_path="system.geometry")
+
+
 def test_mesh_regularisers():
     v, f = extract(lambda x: x.norm(dim=-1) - 0.6, 16)
     smooth_nc, smooth_lap = float(normal_consistency(v, f)), float(laplacian_smoothness(v, f))
@@ -156,3 +196,49 @@ def test_mesh_regularisers():
     bent[3, 2] = 1.0  # the second triangle tilts by 45 degrees about the shared edge... (1 - cos)
     n2 = torch.nn.functional.normalize(torch.cross(bent[1] - bent[2], bent[3] - bent[2], dim=0), dim=0)
     assert float(normal_consistency(bent, faces)) == pytest.approx(1 - float(n2[2]), abs=1e-6)
+
+
+def test_laplacian_smoothness_is_the_uniform_laplacian_of_a_closed_mesh():
+    # an octahedron: every vertex has 4 neighbours; move the top one up by 0.5
+    v = torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1.5], [0, 0, -1]])
+    f = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    assert trimesh.Trimesh(v.numpy(), f.numpy()).is_watertight
+    expected = []
+    for i in range(6):
+        neighbours = sorted({int(j) for face in f.tolist() if i in face for j in face if j != i})
+        expected.append(((v[neighbours].mean(0) - v[i]) ** 2).sum())
+    assert float(laplacian_smoothness(v, f)) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-6)
+
+
+
+class FoggyHollowBall(torch.nn.Module):
+    """A coarse density field: a shell (0.3 < r < 0.6, density 100) whose hollow reaches the outside through a
+    foggy channel (density 15, below the threshold 25): a NeRF's unseen interior behind a grazing-angle hole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.cfg = SimpleNamespace(isosurface_threshold=25.0, isosurface_resolution=48)
+        self.register_buffer("bbox", BOX.clone())
+
+    def forward_field(self, points: torch.Tensor):
+        r = points.norm(dim=-1)
+        density = torch.where((r > 0.3) & (r < 0.6), 100.0, 0.0)
+        channel = (points[..., 1:].norm(dim=-1) < 0.12) & (points[..., 0] > 0) & (r < 0.6)
+        return torch.where(channel, 15.0, density)[..., None], None
+
+    def forward_level(self, field: torch.Tensor, threshold: float) -> torch.Tensor:
+        return -(field - threshold)
+
+
+@pytest.mark.parametrize("free_level", [None, 5.0])
+def test_conversion_fills_the_pocket_behind_fog_with_a_free_level(free_level):
+    cls = threestudio.find("tetrahedra-sdf-grid")
+    dmtet = cls.create_from(FoggyHollowBall(), {"isosurface_resolution": 32, "convert_free_level": free_level,
+                                                "geometry_only": True}, copy_net=False)
+    radius = dmtet.isosurface().vertices.detach().norm(dim=-1)
+    if free_level is None:
+        assert float(radius.min()) < 0.35  # the hollow's wall became an inner surface
+    else:
+        assert float(radius.min()) > 0.6 - 2 * float(dmtet.cell_size().max())  # one solid ball

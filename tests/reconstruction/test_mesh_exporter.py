@@ -135,6 +135,26 @@ def test_pockets_behind_a_pinhole_are_filled_with_cavity_passage():
     assert trimesh.Trimesh(v, f).body_count == 1
 
 
+def test_free_level_fills_pockets_behind_fog_only():
+    # a hollow ball whose cavity reaches the outside through a channel: foggy (between the two levels) in one
+    # grid, really empty in the other. Only free space below free_level connects the pocket to the outside.
+    axis = np.linspace(-1, 1, RES)
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    r = np.sqrt(x ** 2 + y ** 2 + z ** 2)
+    shell = ((r < 0.6) & (r > 0.3)).astype(np.float32) * 100
+    channel = (np.sqrt(y ** 2 + z ** 2) < 0.1) & (x > 0) & (r < 0.6)
+    foggy, empty = shell.copy(), shell.copy()
+    foggy[channel], empty[channel] = 20.0, 0.0
+
+    def inner_radius(grid):
+        v, _ = marching_cubes(grid, 50.0, 1.0)
+        return np.linalg.norm(v, axis=-1).min()
+
+    assert inner_radius(fill_cavities(foggy, 50.0)) < 0.35  # the pocket is open: an inner surface
+    assert inner_radius(fill_cavities(foggy, 50.0, free_level=5.0)) > 0.6 - 2 * VOXEL  # one solid ball
+    assert inner_radius(fill_cavities(empty, 50.0, free_level=5.0)) < 0.35  # seen-empty space stays open
+
+
 def test_uv_rasteriser_covers_and_interpolates():
     # two triangles covering the whole UV square: every texel is covered, barycentrics reproduce its centre
     uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=np.float64)

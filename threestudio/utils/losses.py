@@ -132,12 +132,13 @@ def normal_consistency(vertices: Tensor, faces: Tensor) -> Tensor:
 
 
 def laplacian_smoothness(vertices: Tensor, faces: Tensor) -> Tensor:
-    """Mean squared distance of every vertex to the mean of its edge neighbours (uniform Laplacian)."""
+    """Mean squared distance of every vertex to the mean of its edge neighbours (uniform Laplacian).
+
+    Neighbours come from both directions of every face edge, so on a closed mesh each counts twice (the
+    same mean) and a boundary edge's once; no edge deduplication (torch.unique is the slowest op here)."""
     f = faces.long()
-    edges = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-    edges = torch.unique(torch.sort(edges, dim=1).values, dim=0)
-    src = torch.cat([edges[:, 0], edges[:, 1]])
-    dst = torch.cat([edges[:, 1], edges[:, 0]])
+    src = torch.cat([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
+    dst = torch.cat([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
     n = vertices.shape[0]
     total = torch.zeros_like(vertices).index_add(0, src, vertices[dst])
     degree = torch.zeros(n, dtype=vertices.dtype, device=vertices.device).index_add(

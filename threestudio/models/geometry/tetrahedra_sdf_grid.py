@@ -23,7 +23,7 @@ from threestudio.models.geometry.base import (
     default_mlp_network_config,
     default_pos_encoding_config,
 )
-from threestudio.models.exporters.isosurface import IsosurfaceMesh
+from threestudio.models.exporters.isosurface import IsosurfaceMesh, extract_isosurface, fill_cavities, remove_floaters
 from threestudio.models.geometry.marching_tetrahedra import lattice_vertices, marching_tetrahedra, surface_tetrahedra
 from threestudio.models.networks import get_encoding, get_mlp
 from threestudio.utils.config import ConfigError
@@ -54,6 +54,45 @@ def drop_small_components(vertices: torch.Tensor, faces: torch.Tensor, min_faces
     return vertices[used], remap[faces]
 
 
+def coarse_surface(other: BaseGeometry, resolution: int, free_level: Optional[float] = None
+                   ) -> tuple[np.ndarray, np.ndarray, float]:
+    """The coarse field's surface cleaned like an export (cavities filled, see `fill_cavities` for
+    `free_level`; floaters removed): vertices (V, 3), faces (F, 3) and the resolved level. Marching cubes at
+    `resolution` (at least the coarse geometry's own), first over its box, then over the surface's box."""
+    n = max(resolution, int(other.cfg.isosurface_resolution))
+
+    def density(p: torch.Tensor) -> torch.Tensor:
+        return other.forward_field(p)[0]
+
+    device = other.bbox.device
+    vertices, faces, level = extract_isosurface(density, n, other.cfg.isosurface_threshold, other.bbox,
+                                                device=device, free_level=free_level)
+    vertices, faces = remove_floaters(vertices, faces, 0.05)
+    vmin, vmax = vertices.min(0), vertices.max(0)
+    pad = (vmax - vmin) * 0.05 + 2 * (other.bbox[1] - other.bbox[0]).max().item() / n
+    box = torch.from_numpy(np.stack([vmin - pad, vmax + pad])).float()
+    box = torch.stack([box[0].maximum(other.bbox[0].cpu()), box[1].minimum(other.bbox[1].cpu())])
+    vertices, faces, level = extract_isosurface(density, n, level, box, device=device, free_level=free_level)
+    vertices, faces = remove_floaters(vertices, faces, 0.05)
+    return vertices, faces, level
+
+
+def lattice_inside(field: np.ndarray, n: int, level: float, free_level: Optional[float],
+                   min_fraction: float = 0.05) -> np.ndarray:
+    """(n^3,) inside flags of the lattice from the coarse field's values there (inside: above `level`), with
+    the same cleaning as `coarse_surface`: cavities filled, inside components smaller than `min_fraction` of
+    the largest (floaters) removed."""
+    from scipy import ndimage
+
+    volume = fill_cavities(field.reshape(n, n, n), level, free_level) > level
+    labels, count = ndimage.label(volume)
+    if count > 1:
+        sizes = np.bincount(labels.reshape(-1))[1:]
+        keep = np.concatenate([[False], sizes >= min_fraction * sizes.max()])
+        volume = keep[labels]
+    return volume.reshape(-1)
+
+
 @threestudio.register("tetrahedra-sdf-grid")
 class TetrahedraSDFGrid(BaseGeometry):
     """Parameters: `sdf` ((R+1)^3,), `deformation` ((R+1)^3, 3) (pre-tanh, in cells), the texture
@@ -75,6 +114,11 @@ class TetrahedraSDFGrid(BaseGeometry):
         isosurface_outlier_n_faces_threshold: float = 0.01
         # conversion: the lattice spans the coarse surface's box grown by this fraction of its size per side
         isosurface_bbox_margin: float = 0.1
+        # conversion: a value of the coarse field (a density for implicit-volume) below the isosurface
+        # threshold; space counts as seen-empty only where it is reachable from outside through values below
+        # it, so unseen pockets behind thin fog (a NeRF's arbitrary interior) are filled instead of becoming
+        # inner surfaces. null: only enclosed pockets are filled
+        convert_free_level: Optional[float] = None
         # initial shape without a coarse run: "sphere:<radius>" (ignored after create_from)
         shape_init: Optional[str] = "sphere:0.5"
         n_input_dims: int = 3
@@ -189,10 +233,16 @@ class TetrahedraSDFGrid(BaseGeometry):
         cfg["shape_init"] = None
         instance = cls(cfg, config_path=config_path)
         instance.to(other.bbox.device)
-        coarse = other.isosurface()
-        vmin, vmax = coarse.vertices.amin(0), coarse.vertices.amax(0)
+        free_level = instance.cfg.convert_free_level
+        level = other.cfg.isosurface_threshold
+        if free_level is not None and not isinstance(level, str) and free_level >= float(level):
+            raise ConfigError(f"{where}.convert_free_level ({free_level}) must be below the coarse geometry's "
+                              f"isosurface_threshold ({level}).")
+        coarse_vertices, coarse_faces, threshold = coarse_surface(
+            other, 2 * instance.cfg.isosurface_resolution, instance.cfg.convert_free_level)
+        vmin, vmax = coarse_vertices.min(0), coarse_vertices.max(0)
         margin = (vmax - vmin) * instance.cfg.isosurface_bbox_margin
-        box = torch.stack([vmin - margin, vmax + margin]).to(instance.isosurface_bbox)
+        box = torch.from_numpy(np.stack([vmin - margin, vmax + margin])).to(instance.isosurface_bbox)
         r = instance.cfg.radius
         cells = instance.cfg.isosurface_resolution
         # at least two cells of room around the surface, inside the scene box
@@ -201,15 +251,14 @@ class TetrahedraSDFGrid(BaseGeometry):
         instance.isosurface_bbox.copy_(box)
         grid = instance.grid_vertices()
         field = torch.cat([other.forward_field(p)[0].reshape(-1) for p in grid.split(1 << 18)])
-        threshold = float(coarse.extras.get("threshold", 0.0))
-        level = other.forward_level(field, threshold)  # positive outside
-        # signed distance to the coarse surface (sampled densely), sign from the coarse field
+        inside = lattice_inside(field.cpu().numpy(), cells + 1, threshold, instance.cfg.convert_free_level)
+        # signed distance to the cleaned coarse surface (sampled densely), sign from the cleaned inside mask
         import trimesh
 
-        mesh = trimesh.Trimesh(coarse.vertices.cpu().numpy(), coarse.faces.cpu().numpy(), process=False)
-        samples = np.concatenate([mesh.vertices, trimesh.sample.sample_surface(mesh, 200_000, seed=0)[0]])
+        mesh = trimesh.Trimesh(coarse_vertices, coarse_faces, process=False)
+        samples = np.concatenate([mesh.vertices, trimesh.sample.sample_surface(mesh, 400_000, seed=0)[0]])
         distance, _ = cKDTree(samples).query(grid.cpu().numpy())
-        sign = torch.where(level.cpu() > 0, 1.0, -1.0)
+        sign = torch.from_numpy(np.where(inside, -1.0, 1.0)).float()
         instance.sdf.copy_((sign * torch.from_numpy(distance).float()).to(instance.sdf))
         instance.deformation.zero_()
         if copy_net and not instance.cfg.geometry_only:
@@ -227,5 +276,5 @@ class TetrahedraSDFGrid(BaseGeometry):
                     f"geometry_convert_inherit_texture: {where}.pos_encoding_config, mlp_network_config and "
                     f"n_feature_dims must equal the coarse geometry's ({str(e).splitlines()[0]}).") from None
         logger.info("DMTet grid %d^3 in box %s from a %d-face coarse surface at threshold %.4g",
-                    cells, box.tolist(), coarse.faces.shape[0], threshold)
+                    cells, box.tolist(), len(coarse_faces), threshold)
         return instance

@@ -54,6 +54,13 @@ class NVDiffRasterizer(Rasterizer):
         context_type: str = "auto"
         # nvdiffrast's antialias option: scales the silhouette gradients to the vertex positions
         pos_gradient_boost: float = 1.0
+        # render at supersample x the asked resolution and average down (SSAA): one texture sample per pixel
+        # aliases the texture field's fine detail and the outline, which multi-sample ground truth does not have
+        supersample: int = 1
+        # in training, shift each view's sample grid by a random sub-pixel offset every step (stochastic
+        # supersampling): the texture field is then fitted everywhere between the pixel centres, not only at
+        # the same few points per pixel, which is what a novel view samples
+        train_jitter: bool = False
 
     cfg: Config
 
@@ -63,6 +70,9 @@ class NVDiffRasterizer(Rasterizer):
         if backend not in BACKENDS:
             raise ConfigError(f"{self.config_path}.context_type must be one of {BACKENDS}, got "
                               f"'{self.cfg.context_type}'.")
+        if not 1 <= self.cfg.supersample <= 8:
+            raise ConfigError(f"{self.config_path}.supersample must be an integer in [1, 8], got "
+                              f"{self.cfg.supersample}.")
         self._backend_setting = backend
         self._rasterizers: dict = {}
 
@@ -82,6 +92,37 @@ class NVDiffRasterizer(Rasterizer):
         if mvp_mtx.dim() != 3 or mvp_mtx.shape[1:] != (4, 4):
             raise ValueError(f"mvp_mtx must have shape (B, 4, 4), got {tuple(mvp_mtx.shape)}.")
         height, width = int(height), int(width)
+        s = self.cfg.supersample
+        if self.training and self.cfg.train_jitter:
+            # a translation of NDC by up to half a rendered pixel; the rays follow the jittered camera
+            shift = torch.eye(4, dtype=mvp_mtx.dtype, device=mvp_mtx.device).repeat(mvp_mtx.shape[0], 1, 1)
+            pixel = torch.tensor([2.0 / (width * s), 2.0 / (height * s)], dtype=mvp_mtx.dtype,
+                                 device=mvp_mtx.device)
+            shift[:, :2, 3] = (torch.rand(mvp_mtx.shape[0], 2, device=mvp_mtx.device) - 0.5) * pixel
+            mvp_mtx, rays_d = shift @ mvp_mtx, None
+        if s == 1:
+            return self._render(mvp_mtx, camera_positions, light_positions, height, width, rays_d, bg_color,
+                                render_rgb, **kwargs)
+        batch = mvp_mtx.shape[0]
+
+        def fine(value: Optional[Tensor], name: str) -> Optional[Tensor]:
+            # per-ray inputs (B, H, W, C) repeat over their pixel's sub-samples; per-view ones pass through
+            if value is None or not torch.is_tensor(value) or value.dim() != 4:
+                return value
+            per_ray(value, batch, height, width, name)  # shape check
+            return value.repeat_interleave(s, dim=1).repeat_interleave(s, dim=2)
+
+        out = self._render(mvp_mtx, camera_positions, fine(light_positions, "light_positions"), height * s,
+                           width * s, None, fine(bg_color, "bg_color"), render_rgb, **kwargs)
+        for key, value in out.items():
+            if torch.is_tensor(value) and value.dim() == 4 and key != "rast":
+                value = F.avg_pool2d(value.permute(0, 3, 1, 2), s).permute(0, 2, 3, 1)
+                out[key] = F.normalize(value, dim=-1) if key == "comp_normal" else value
+        return out
+
+    def _render(self, mvp_mtx: Tensor, camera_positions: Tensor, light_positions: Tensor, height: int,
+                width: int, rays_d: Optional[Tensor], bg_color: Optional[Tensor], render_rgb: bool,
+                **kwargs: Any) -> dict[str, Any]:
         batch = mvp_mtx.shape[0]
         r = self.rasterizer(mvp_mtx.device)
         mesh = self.geometry.isosurface()
