@@ -2,6 +2,7 @@
 unchanged); the deformation moves queries; the temporal regulariser vanishes for a static scene."""
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -29,7 +30,7 @@ def _pair(seed: int = 0):
 def _randomise_deformation(geometry: DynamicImplicitVolume, seed: int = 1, scale: float = 0.3) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in geometry.deformation_network.parameters():
+        for p in [*geometry.deformation_pos_encoding.parameters(), *geometry.deformation_network.parameters()]:
             p.copy_(torch.randn(p.shape, generator=gen) * scale)
 
 
@@ -73,10 +74,32 @@ def test_field_at_time_is_the_static_field_at_deformed_points():
     assert dynamic.time == dynamic.cfg.default_time
 
 
+def test_trajectory_deformation_is_a_low_frequency_time_basis():
+    dynamic, _ = _pair()
+    _randomise_deformation(dynamic)
+    pts = _points(50)
+    x = (pts - dynamic.bbox[0]) / (dynamic.bbox[1] - dynamic.bbox[0])
+    coefficients = dynamic.deformation_network(dynamic.deformation_pos_encoding(x)).view(50, 3, 6)
+    s = dynamic.cfg.deformation_scale
+    for t in (0.0, 0.25, 0.9):
+        basis = torch.tensor([math.sin(math.pi * k * t) for k in (1, 2, 3)] + [math.cos(math.pi * k * t) for k in (1, 2, 3)])
+        expected = s * torch.tanh((coefficients * basis).sum(-1) / s)
+        torch.testing.assert_close(dynamic.deformation(pts, t), expected)
+    assert float(dynamic.deformation(pts, 0.5).abs().max()) > 0.05
+    # the point network sees no time: D at a time is the same whatever the other times asked
+    both = dynamic.deformation(torch.cat([pts, pts]), torch.cat([torch.full((50,), 0.2), torch.full((50,), 0.7)]))
+    torch.testing.assert_close(both[50:], dynamic.deformation(pts, 0.7))
+
+
 def test_temporal_regulariser_is_zero_for_a_static_scene():
     dynamic, _ = _pair()
     pts = _points(200)
     assert float(dynamic.temporal_smoothness(pts)) == 0.0  # untrained: no deformation at all
+    _randomise_deformation(dynamic)
+    assert float(dynamic.temporal_smoothness(pts)) > 1e-3
+    # the "mlp" deformation: one network on the point and the time
+    torch.manual_seed(0)
+    dynamic = threestudio.find("dynamic-implicit-volume")({**STATIC, "deformation_model": "mlp"})
     _randomise_deformation(dynamic)
     n_time = dynamic.deformation_time_encoding.n_output_dims
     first = dynamic.deformation_network.layers[0].weight
@@ -115,6 +138,10 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="normal_type 'analytic' is not supported"):
         threestudio.find("dynamic-implicit-volume")({**STATIC, "normal_type": "analytic"})
     geometry = threestudio.find("dynamic-implicit-volume")(dict(STATIC))
+    with pytest.raises(ConfigError, match="deformation_model must be 'trajectory' or 'mlp'"):
+        threestudio.find("dynamic-implicit-volume")({**STATIC, "deformation_model": "planes"})
+    with pytest.raises(ConfigError, match="trajectory_frequencies must be at least 1"):
+        threestudio.find("dynamic-implicit-volume")({**STATIC, "trajectory_frequencies": 0})
     with pytest.raises(ValueError, match="'random'"):
         with geometry.at_time("later"):
             pass

@@ -19,6 +19,7 @@ from reconstruction_test_helpers import REPO, make_tiny_dataset_4d
 
 CONFIG = os.path.join(REPO, "configs", "reconstruction-4d-example.yaml")
 TINY = ["system.geometry.pos_encoding_config.log2_hashmap_size=12", "system.geometry.pos_encoding_config.n_levels=8",
+        "system.geometry.deformation_pos_encoding_config.log2_hashmap_size=12",
         "system.renderer.num_samples_per_ray=32", "system.renderer.occ_grid_resolution=16",
         "system.renderer.occ_warmup_steps=2", "system.renderer.occ_update_every_n_steps=2"]
 
@@ -30,7 +31,8 @@ def test_rays_at_several_times_render_as_separate_groups(tmp_path):
         # a textured canonical field and a time-dependent deformation (untrained, both are near constant)
         for p in system.geometry.encoding.parameters():
             p.copy_(torch.randn_like(p))
-        for p in system.geometry.deformation_network.parameters():
+        for p in [*system.geometry.deformation_pos_encoding.parameters(),
+                  *system.geometry.deformation_network.parameters()]:
             p.copy_(torch.randn_like(p) * 0.3)
     system.eval()
     system.renderer.estimator.fill(True)

@@ -115,6 +115,26 @@ def test_cavities_are_filled_and_floaters_removed():
     assert mesh.body_count == 1 and np.linalg.norm(v, axis=-1).max() < 0.6 + VOXEL
 
 
+def test_pockets_behind_a_pinhole_are_filled_with_cavity_passage():
+    axis = np.linspace(-1, 1, RES)
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    r = np.sqrt(x ** 2 + y ** 2 + z ** 2)
+    inside = (r < 0.6) & (r > 0.3)  # a hollow ball whose shell has a one-voxel pinhole on the +x axis
+    mid = RES // 2
+    inside[mid:, mid, mid] = False
+    # and a notch 5 voxels wide cut into the outside along -x: open space, it must stay
+    notch = (x < -0.45) & (np.abs(y) < 2.5 * VOXEL) & (np.abs(z) < 2.5 * VOXEL)
+    inside &= ~notch
+    grid = inside.astype(np.float32) * 100
+    assert (fill_cavities(grid, 50.0) == grid).all()  # not enclosed: nothing filled, the inner shell stays
+    filled = fill_cavities(grid, 50.0, passage=1)
+    assert (filled[r < 0.25] > 50).all()  # the pocket behind the pinhole
+    assert (filled[notch & (r < 0.6)] < 50).all()  # the wide notch open to the outside
+    assert (filled[r > 0.65] < 50).all()
+    v, f = marching_cubes(filled, 50.0, 1.0)
+    assert trimesh.Trimesh(v, f).body_count == 1
+
+
 def test_free_level_fills_pockets_behind_fog_only():
     # a hollow ball whose cavity reaches the outside through a channel: foggy (between the two levels) in one
     # grid, really empty in the other. Only free space below free_level connects the pocket to the outside.

@@ -111,24 +111,37 @@ def resolve_threshold(grid: np.ndarray, threshold: Union[float, str]) -> float:
     return float(threshold)
 
 
-def fill_cavities(grid: np.ndarray, threshold: float, free_level: Optional[float] = None) -> np.ndarray:
+def fill_cavities(grid: np.ndarray, threshold: float, free_level: Optional[float] = None,
+                  passage: int = 0) -> np.ndarray:
     """Raise enclosed empty pockets (not connected to the box boundary) above `threshold`. A NeRF's interior
     is never seen by any ray, so its density there is arbitrary; pockets would become inner surfaces.
 
-    With `free_level` (< threshold), space counts as outside only where it is reachable from the boundary
-    through values below it: pockets behind thin fog (values between the two levels, e.g. under a surface
-    seen only at grazing angles) are filled too. Fog that thickens towards a surface is filled as well, so
-    the surface moves out to the `free_level` isosurface where the field falls off softly (by under a voxel
-    at a trained NeRF's sharp surfaces)."""
+    With `free_level` (< threshold), space counts as connected to the outside only through values below it:
+    pockets behind thin fog (values between the two levels, e.g. under a surface seen at grazing angles)
+    are filled too.
+
+    With `passage` > 0, a pocket also counts as enclosed when it reaches the outside only through passages
+    narrower than 2 * passage + 1 voxels (pinholes in a shell that renders opaque, common in a dynamic field's
+    never-seen interior). The outside is then the boundary-connected part of the free space opened by a
+    (2 passage + 1)³ cube, grown back by passage + 1 voxels within the free space, so narrow gaps and corners
+    next to the outside stay empty."""
     from scipy import ndimage
 
     inside = grid > threshold
-    if free_level is None:
+    if free_level is None and passage == 0:
         filled = ndimage.binary_fill_holes(inside)
     else:
-        free = np.pad(grid < min(free_level, threshold), 1, constant_values=True)
-        labels, _ = ndimage.label(free)
-        filled = (labels != labels[0, 0, 0])[1:-1, 1:-1, 1:-1] | inside
+        free = ~inside if free_level is None else grid < min(free_level, threshold)
+        wide = free
+        if passage > 0:
+            cube = np.ones((3, 3, 3), dtype=bool)
+            wide = ndimage.binary_opening(np.pad(free, passage + 1, constant_values=True), cube, iterations=passage)
+            wide = wide[(slice(passage + 1, -passage - 1),) * 3]
+        labels, _ = ndimage.label(np.pad(wide, 1, constant_values=True))
+        outside = (labels == labels[0, 0, 0])[1:-1, 1:-1, 1:-1]
+        if passage > 0:
+            outside = ndimage.binary_dilation(outside, cube, iterations=passage + 1, mask=free)
+        filled = ~outside | inside
     cavities = filled & ~inside
     if not cavities.any():
         return grid
@@ -167,15 +180,15 @@ def marching_cubes(grid: np.ndarray, threshold: float, bounds: Bounds) -> tuple[
 
 def extract_isosurface(density_fn: Callable[[Tensor], Tensor], resolution: int, threshold: Union[float, str],
                        bounds: Bounds, chunk: int = 262144, device: Optional[torch.device] = None,
-                       cavities: bool = True, free_level: Optional[float] = None
+                       cavities: bool = True, free_level: Optional[float] = None, passage: int = 0
                        ) -> tuple[np.ndarray, np.ndarray, float]:
     """Sample `density_fn` ((N, 3) -> (N, 1)) on the grid, resolve the threshold (a level or "auto"),
-    optionally fill enclosed cavities (see `fill_cavities` for `free_level`), run marching cubes. Returns
+    optionally fill enclosed cavities (see `fill_cavities` for `free_level`, `passage`), run marching cubes. Returns
     vertices (V, 3), faces (F, 3), level."""
     grid = sample_density_grid(density_fn, resolution, bounds, chunk, device)
     level = resolve_threshold(grid, threshold)
     if cavities:
-        grid = fill_cavities(grid, level, free_level)
+        grid = fill_cavities(grid, level, free_level, passage)
     vertices, faces = marching_cubes(grid, level, bounds)
     logger.info("marching cubes at %.4g: %d vertices, %d faces", level, len(vertices), len(faces))
     return vertices, faces, level

@@ -55,6 +55,9 @@ class MeshExporter(BaseObject):
         chunk: int = 262144
         # fill empty pockets enclosed by the object (they would give inner surfaces)
         fill_cavities: bool = True
+        # with fill_cavities: pockets that reach the outside only through passages narrower than 2 n + 1 voxels
+        # count as enclosed too (0: only fully enclosed pockets); see isosurface.fill_cavities
+        cavity_passage: int = 0
         # drop connected components with less than this fraction of the largest component's area
         remove_floaters: bool = True
         floater_min_fraction: float = 0.05
@@ -90,6 +93,8 @@ class MeshExporter(BaseObject):
         for key in ("texture_size", "chunk"):
             if getattr(c, key) <= 0:
                 raise ConfigError(f"system.exporter.{key} must be positive, got {getattr(c, key)}.")
+        if c.cavity_passage < 0:
+            raise ConfigError(f"system.exporter.cavity_passage must be >= 0, got {c.cavity_passage}.")
         if c.texture_padding < 0:
             raise ConfigError(f"system.exporter.texture_padding must be >= 0, got {c.texture_padding}.")
         if c.decimate_target_faces is not None and c.decimate_target_faces <= 0:
@@ -134,7 +139,8 @@ class MeshExporter(BaseObject):
         else:
             vertices, faces, _ = extract_isosurface(
                 self.geometry.forward_density, self.cfg.isosurface_resolution, self.threshold_setting(),
-                self.radius(), self.cfg.chunk, getattr(self.geometry, "device", None), cavities=self.cfg.fill_cavities)
+                self.radius(), self.cfg.chunk, getattr(self.geometry, "device", None), cavities=self.cfg.fill_cavities,
+                passage=self.cfg.cavity_passage)
         if self.cfg.remove_floaters:
             vertices, faces = remove_floaters(vertices, faces, self.cfg.floater_min_fraction)
         if self.cfg.decimate_target_faces:
