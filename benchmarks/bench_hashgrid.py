@@ -90,7 +90,7 @@ def main() -> None:
     env = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("THP_MEM_ALLOC_ENABLE", "OMP_WAIT_POLICY"))
     print(f"# {args.points} points, {torch.get_num_threads()} CPU threads, load average "
           f"{os.getloadavg()[0]:.1f}, {env}, torch {torch.__version__}")
-    print(f"# fused CPU kernel: {'loaded' if lib else 'unavailable: ' + str(hash_grid_cpu.kernel_error())} "
+    print(f"# fused CPU kernel: {'loaded' if lib else 'unavailable: ' + str(hash_grid_cpu.kernel.error)} "
           f"in {build:.1f} s (first build compiles, later runs reuse the cache)")
     rows = []
     if not args.skip_reference:

@@ -105,11 +105,11 @@ def check_cpu_kernels(report: Report) -> None:
     from threestudio.models.rasterization import available_backends
 
     lib = hash_grid_cpu.load_kernel()
-    seconds = hash_grid_cpu.build_seconds()
+    seconds = hash_grid_cpu.kernel.build_seconds
     if lib is not None:
         report.item("hash grid kernel", f"compiled (load/build {seconds:.1f} s)" if seconds else "compiled")
     else:
-        report.item("hash grid kernel", f"NOT compiled: {hash_grid_cpu.kernel_error()}")
+        report.item("hash grid kernel", f"NOT compiled: {hash_grid_cpu.kernel.error}")
         report.advice.append("CPU hash-grid kernel: install a C++ compiler with OpenMP and ninja "
                              "(apt-get install g++; pip install ninja) for a several-times faster CPU hash grid.")
     raster = available_backends()

@@ -29,7 +29,7 @@ def small_config(**overrides) -> dict:
 def kernel():
     lib = hash_grid_cpu.load_kernel()
     if lib is None:
-        pytest.fail(f"the fused CPU kernel did not build: {hash_grid_cpu.kernel_error()}")
+        pytest.fail(f"the fused CPU kernel did not build: {hash_grid_cpu.kernel.error}")
     return lib
 
 
@@ -204,9 +204,9 @@ def test_backend_errors_are_clear():
 
 
 def test_kernel_build_failure_falls_back_to_reference(monkeypatch):
-    monkeypatch.setattr(hash_grid_cpu._kernel, "lib", None)
-    monkeypatch.setattr(hash_grid_cpu._kernel, "attempted", False)
-    monkeypatch.setattr(hash_grid_cpu._kernel, "error", None)
+    monkeypatch.setattr(hash_grid_cpu.kernel, "lib", None)
+    monkeypatch.setattr(hash_grid_cpu.kernel, "attempted", False)
+    monkeypatch.setattr(hash_grid_cpu.kernel, "error", None)
 
     def broken():
         raise RuntimeError("no compiler")

@@ -12,7 +12,7 @@ from threestudio.models.rasterization import cpu_kernel, reference
 @pytest.fixture(scope="module")
 def cpu():
     if cpu_kernel.load_kernel() is None:
-        pytest.fail(f"the CPU rasterizer kernel did not build: {cpu_kernel.kernel_error()}")
+        pytest.fail(f"the CPU rasterizer kernel did not build: {cpu_kernel.kernel.error}")
     return DifferentiableRasterizer("cpu")
 
 

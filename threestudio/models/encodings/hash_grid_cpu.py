@@ -44,20 +44,10 @@ def _compile() -> ctypes.CDLL:
     return lib
 
 
-_kernel = LazyKernel("fused CPU hash-grid kernel", lambda: _compile(), "the slower pure-PyTorch hash grid")
+kernel = LazyKernel("fused CPU hash-grid kernel", lambda: _compile(), "the slower pure-PyTorch hash grid")
 
-
-def load_kernel() -> Optional[ctypes.CDLL]:
-    """The compiled kernel library, building it on first call; None if it cannot be built."""
-    return _kernel.load()
-
-
-def kernel_error() -> Optional[str]:
-    return _kernel.error
-
-
-def build_seconds() -> Optional[float]:
-    return _kernel.build_seconds
+# the module's entry points; LazyKernel holds the build state (`kernel.error`, `kernel.build_seconds`)
+load_kernel = kernel.load
 
 
 class GridMeta:

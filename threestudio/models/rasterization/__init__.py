@@ -33,8 +33,8 @@ def available_backends() -> dict[str, Any]:
     """{"nvdiffrast": bool, "cpu": bool, "torch": True, "cpu_error": str | None} (builds the CPU kernel)."""
     cpu_ok = cpu_kernel.load_kernel() is not None
     return {"nvdiffrast": cuda_package_available("nvdiffrast"), "cpu": cpu_ok, "torch": True,
-            "cpu_error": None if cpu_ok else cpu_kernel.kernel_error(),
-            "cpu_build_seconds": cpu_kernel.build_seconds()}
+            "cpu_error": None if cpu_ok else cpu_kernel.kernel.error,
+            "cpu_build_seconds": cpu_kernel.kernel.build_seconds}
 
 
 def resolve_backend(backend: str, device: Optional[torch.device] = None) -> str:
@@ -53,7 +53,7 @@ def resolve_backend(backend: str, device: Optional[torch.device] = None) -> str:
     if backend == "nvdiffrast" and not cuda_package_available("nvdiffrast"):
         raise ValueError("rasterizer backend 'nvdiffrast' needs CUDA and the nvdiffrast package.")
     if backend == "cpu" and cpu_kernel.load_kernel() is None:
-        raise ValueError(f"rasterizer backend 'cpu': the kernel did not build ({cpu_kernel.kernel_error()}).")
+        raise ValueError(f"rasterizer backend 'cpu': the kernel did not build ({cpu_kernel.kernel.error}).")
     return backend
 
 

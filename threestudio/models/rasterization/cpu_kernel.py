@@ -37,20 +37,10 @@ def _compile() -> ctypes.CDLL:
     return lib
 
 
-_kernel = LazyKernel("CPU rasterizer kernel", lambda: _compile(), "the slow pure-PyTorch rasterizer")
+kernel = LazyKernel("CPU rasterizer kernel", lambda: _compile(), "the slow pure-PyTorch rasterizer")
 
-
-def load_kernel() -> Optional[ctypes.CDLL]:
-    """The compiled kernel library, building it on first call; None if it cannot be built."""
-    return _kernel.load()
-
-
-def kernel_error() -> Optional[str]:
-    return _kernel.error
-
-
-def build_seconds() -> Optional[float]:
-    return _kernel.build_seconds
+# the module's entry points; LazyKernel holds the build state (`kernel.error`, `kernel.build_seconds`)
+load_kernel = kernel.load
 
 
 def _threads() -> int:
