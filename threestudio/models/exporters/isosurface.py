@@ -118,7 +118,8 @@ def fill_cavities(grid: np.ndarray, threshold: float, free_level: Optional[float
 
     With `free_level` (< threshold), space counts as connected to the outside only through values below it:
     pockets behind thin fog (values between the two levels, e.g. under a surface seen at grazing angles)
-    are filled too.
+    are filled too. So is fog that thickens towards a surface: where the field falls off softly the surface
+    moves out to the `free_level` isosurface (by under a voxel at a trained NeRF's sharp surfaces).
 
     With `passage` > 0, a pocket also counts as enclosed when it reaches the outside only through passages
     narrower than 2 * passage + 1 voxels (pinholes in a shell that renders opaque, common in a dynamic field's
