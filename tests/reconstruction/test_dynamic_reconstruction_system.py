@@ -128,5 +128,7 @@ def test_tiny_4d_run_video_meshes_resume_and_export(tmp_path):
     # --export from the checkpoint with a frame selection
     _launch("--config", os.path.join(trial, "configs", "parsed.yaml"), "--export",
             f"resume={os.path.join(trial, 'ckpts', 'last.ckpt')}", "system.export_frames=[2]")
-    manifest = json.load(open(os.path.join(export, "manifest.json")))
+    first_manifest = open(os.path.join(export, "manifest.json")).read()  # the training's export is kept
+    assert len(json.loads(first_manifest)["frames"]) == 3
+    manifest = json.load(open(os.path.join(save, f"it{steps}.2-export", "manifest.json")))
     assert [f["folder"] for f in manifest["frames"]] == ["frame_02"]

@@ -125,3 +125,28 @@ def test_uncreatable_exp_root_dir_names_the_key(launch, tmp_path):
         assert code == 2, err
         assert f"exp_root_dir={root}: cannot create" in err
     assert blocker.read_text() == "not a folder" and sorted(os.listdir(tmp_path)) == ["a-file"]
+
+
+def test_testing_or_exporting_again_keeps_the_earlier_outputs(launch, toy_trial):
+    """A second --test/--export of a step replaced its it<N>-test/ and it<N>-export/ (e.g. a re-export with
+    other settings lost the first); now they go to it<N>.2-..., and a third launch to it<N>.3-..."""
+    ckpt = os.path.join(toy_trial, "ckpts", "last.ckpt")
+    parsed = os.path.join(toy_trial, "configs", "parsed.yaml")
+    save = os.path.join(toy_trial, "save")
+    assert os.path.isdir(os.path.join(save, "it6-test")) and not os.path.exists(os.path.join(save, "it6-export"))
+    code, err = launch("--export", f"resume={ckpt}", config=parsed)
+    assert code == 0, err
+    assert os.path.isfile(os.path.join(save, "it6-export", "weights.json"))  # nothing to keep: the plain name
+    before = snapshot(save)
+    for stage in ("--test", "--export"):
+        code, err = launch(stage, f"resume={ckpt}", config=parsed)
+        assert code == 0, err
+        folder = "it6.2-test" if stage == "--test" else "it6.2-export"
+        assert f"save/{folder}" in err and "earlier launch" in err
+    after = snapshot(save)
+    assert {rel: after[rel] for rel in before} == before  # every earlier file is still there, unchanged
+    assert os.path.isfile(os.path.join(save, "it6.2-export", "weights.json"))
+    assert sorted(os.listdir(os.path.join(save, "it6.2-test"))) == sorted(os.listdir(os.path.join(save, "it6-test")))
+    code, err = launch("--export", f"resume={ckpt}", config=parsed)
+    assert code == 0, err
+    assert os.path.isfile(os.path.join(save, "it6.3-export", "weights.json"))

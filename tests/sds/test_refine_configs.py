@@ -56,8 +56,9 @@ def check_trial(trial, steps: int, resumed_steps: int, coarse_ckpt: str, *export
     assert resumed["global_step"] == resumed_steps
     assert not torch.equal(resumed["state_dict"]["geometry.sdf"], state["state_dict"]["geometry.sdf"])
     parsed, resume = str(trial / "configs" / "parsed.yaml"), f"resume={last}"
+    before = sorted((trial / "save").glob(f"it{resumed_steps}*-export"))
     launch("--config", parsed, "--export", resume, *export_args)
-    export = trial / "save" / f"it{resumed_steps}-export"
+    (export,) = sorted(set((trial / "save").glob(f"it{resumed_steps}*-export")) - set(before))  # a new folder
     assert (export / "model.obj").exists() and (export / "model.glb").exists()
 
 

@@ -158,7 +158,7 @@ class DynamicReconstructionSystem(MultiviewReconstructionSystem):
         """it{N}-test.mp4 (the 4D orbit), it{N}-test-fixed.mp4 (the fixed-view clip), then the export if asked."""
         if self.trainer.is_global_zero:
             for folder in ("test", "test-fixed"):
-                if os.path.isdir(os.path.join(self.get_save_dir(), f"{self.step_prefix()}-{folder}")):
+                if os.path.isdir(self.output_path(f"{self.step_prefix()}-{folder}")):
                     self.save_img_sequence(f"{self.step_prefix()}-{folder}.mp4", f"{self.step_prefix()}-{folder}",
                                            fps=self.cfg.test_video_fps)
         if self.cfg.export_after_test:
@@ -192,7 +192,7 @@ class DynamicReconstructionSystem(MultiviewReconstructionSystem):
                                   f"(0..{len(frames) - 1}).")
             selected = [item for item in frames if int(item["frame"]) in wanted]
         exporter = self.exporter
-        root = os.path.join(self.get_save_dir(), f"{self.step_prefix()}-export")
+        root = self.output_path(f"{self.step_prefix()}-export")
         entries = []
         for item in selected:
             frame_id, t = int(item["frame_id"]), float(item["time"].reshape(-1)[0])

@@ -177,7 +177,7 @@ class BaseLift3DSystem(BaseSystem):
         if not self.trainer.is_global_zero:
             return
         exporter = self.exporter
-        out_dir = os.path.join(self.get_save_dir(), f"{self.step_prefix()}-export")
+        out_dir = self.output_path(f"{self.step_prefix()}-export")
         os.makedirs(out_dir, exist_ok=True)
         with torch.no_grad():
             exporter(out_dir)

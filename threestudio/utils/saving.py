@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from typing import Any, Optional, Sequence, Union
@@ -12,6 +13,10 @@ import torch
 from torch import Tensor
 
 ImageLike = Union[Tensor, np.ndarray]
+
+logger = logging.getLogger(__name__)
+# a step's output in save/: it<N>-test/, it<N>-test.mp4, it<N>-export/, it<N>-0.png, ...
+_STEP_OUTPUT = re.compile(r"^(it\d+)(-.*)$")
 
 
 def to_uint8_image(img: ImageLike, data_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
@@ -59,17 +64,39 @@ class SaverMixin:
     """Mixed into systems: paths are relative to `self.get_save_dir()` (the trial's `save/`)."""
 
     _save_dir: Optional[str] = None
+    _earlier_outputs: frozenset = frozenset()
 
     def set_save_dir(self, save_dir: str) -> None:
         self._save_dir = save_dir
+        # what earlier launches of this trial left in save/, listed once before any work (so that all DDP
+        # ranks agree); this launch never replaces a step output among them, see output_path
+        self._earlier_outputs = frozenset(os.listdir(save_dir)) if os.path.isdir(save_dir) else frozenset()
+        self._renamed_outputs: dict[str, str] = {}
 
     def get_save_dir(self) -> str:
         if self._save_dir is None:
             raise RuntimeError("The save directory is not set: call set_save_dir() first.")
         return self._save_dir
 
+    def output_path(self, relative: str) -> str:
+        """Path of `relative` (a file or folder) in the save directory. A step output (first part
+        `it<N>-...`) that an earlier launch left there, e.g. when a trial is tested or exported again with
+        other settings, is kept: this launch writes `it<N>.2-...` (or `.3`, ...) instead and says so."""
+        first, _, rest = relative.replace(os.sep, "/").partition("/")
+        match = _STEP_OUTPUT.match(first)
+        if match and first in self._earlier_outputs:
+            if first not in self._renamed_outputs:
+                copy = 2
+                while f"{match.group(1)}.{copy}{match.group(2)}" in self._earlier_outputs:
+                    copy += 1
+                self._renamed_outputs[first] = f"{match.group(1)}.{copy}{match.group(2)}"
+                logger.info("save/%s is from an earlier launch and is kept: this one writes save/%s",
+                            first, self._renamed_outputs[first])
+            first = self._renamed_outputs[first]
+        return os.path.join(self.get_save_dir(), first, *([rest] if rest else []))
+
     def get_save_path(self, filename: str) -> str:
-        path = os.path.join(self.get_save_dir(), filename)
+        path = self.output_path(filename)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         return path
 
@@ -89,7 +116,7 @@ class SaverMixin:
 
     def save_img_sequence(self, filename: str, img_dir: str, fps: int = 30) -> str:
         """Encode the PNGs of `img_dir` (relative to the save dir), ordered by their number, as an mp4."""
-        folder = os.path.join(self.get_save_dir(), img_dir)
+        folder = self.output_path(img_dir)
         names = sorted((n for n in os.listdir(folder) if n.endswith(".png")), key=_frame_index)
         frames = [imageio.imread(os.path.join(folder, n)) for n in names]
         path = self.get_save_path(filename if filename.endswith(".mp4") else filename + ".mp4")
