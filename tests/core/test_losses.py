@@ -140,3 +140,17 @@ def test_only_the_active_terms_are_computed_and_missing_outputs_name_the_key():
         L.regularizer_losses({"opacity": out["opacity"]}, lambda name: name == "orient")
     with pytest.raises(ConfigError, match="lambda_normal_smooth.*return_comp_normal"):
         L.regularizer_losses({"opacity": out["opacity"]}, lambda name: name == "normal_smooth")
+
+
+def test_regularizers_take_their_settings_from_system_loss():
+    """normal_consistency_crease_deg (a system.loss key next to the weights) reaches the mesh term."""
+    from types import SimpleNamespace
+
+    vertices = torch.tensor([[0.0, 0, 0], [0, 1, 0], [-1, 0, 0], [0.5, 0, 0.5]])
+    out = {"mesh": SimpleNamespace(vertices=vertices, faces=torch.tensor([[0, 1, 2], [1, 0, 3]]))}
+    active = lambda name: name == "normal_consistency"  # noqa: E731
+    bend = 1 - math.cos(math.radians(45))
+    plain = L.regularizer_losses(out, active)["normal_consistency"]
+    robust = L.regularizer_losses(out, active, {"normal_consistency_crease_deg": 20.0})["normal_consistency"]
+    assert float(plain) == pytest.approx(bend, abs=1e-6)
+    assert float(robust) == pytest.approx(bend / (bend + 1 - math.cos(math.radians(20))), abs=1e-6)

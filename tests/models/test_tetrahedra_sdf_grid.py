@@ -198,6 +198,51 @@ def test_mesh_regularisers():
     assert float(normal_consistency(bent, faces)) == pytest.approx(1 - float(n2[2]), abs=1e-6)
 
 
+def hinge(angle_deg: float) -> torch.Tensor:
+    """The free vertex (a leaf tensor) of `hinge_mesh` whose two triangles' normals differ by `angle_deg`."""
+    a = math.radians(angle_deg)
+    return torch.tensor([math.cos(a), 0.0, math.sin(a)], requires_grad=True)
+
+
+def hinge_mesh(free: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two triangles on the edge (0,0,0)-(0,1,0): one in the plane z = 0 (normal +z), one through `free`."""
+    vertices = torch.cat([torch.tensor([[0.0, 0, 0], [0, 1, 0], [-1, 0, 0]]), free[None]])
+    return vertices, torch.tensor([[0, 1, 2], [1, 0, 3]])
+
+
+def test_robust_normal_consistency_flattens_small_bends_and_leaves_creases():
+    """With crease_deg the term is x / (x + s), x = 1 - cos(bend), s = 1 - cos(crease): equal to that reference
+    at any bend; steeper than the plain term at a small bend, nearly flat at a right angle."""
+    s = 1 - math.cos(math.radians(20.0))
+    for angle in (5.0, 20.0, 90.0):
+        vertices, faces = hinge_mesh(hinge(angle).detach())
+        x = 1 - math.cos(math.radians(angle))
+        assert float(normal_consistency(vertices, faces)) == pytest.approx(x, abs=1e-6)
+        assert float(normal_consistency(vertices, faces, crease_deg=20.0)) == pytest.approx(x / (x + s), abs=1e-6)
+
+    def pull(angle: float, crease) -> float:
+        free = hinge(angle)
+        normal_consistency(*hinge_mesh(free), crease_deg=crease).backward()
+        return float(free.grad.norm())
+
+    assert pull(5.0, 20.0) > 10 * pull(5.0, None)  # noise: pulled flat much harder
+    assert pull(90.0, 20.0) < 0.1 * pull(90.0, None)  # an edge: nearly left alone
+    assert pull(90.0, 20.0) < 0.05 * pull(5.0, 20.0)
+
+
+def test_loss_options_are_checked():
+    import threestudio
+
+    system = {"geometry_type": "tetrahedra-sdf-grid", "geometry": {"isosurface_resolution": 8, "geometry_only": True}}
+    cls = threestudio.find("multiview-reconstruction-system")
+    with pytest.raises(threestudio.utils.config.ConfigError, match=r"system.loss.normal_consistency_crease_deg must be an "
+                       r"angle in \(0, 180\) degrees or null, got 200"):
+        cls({**system, "loss": {"lambda_normal_consistency": 0.01, "normal_consistency_crease_deg": 200}})
+    with pytest.raises(threestudio.utils.config.ConfigError, match="loss weights are named lambda_<term>.*"
+                       "normal_consistency_crease_deg"):
+        cls({**system, "loss": {"normal_consistency": 0.01}})
+
+
 def test_laplacian_smoothness_is_the_uniform_laplacian_of_a_closed_mesh():
     # an octahedron: every vertex has 4 neighbours; move the top one up by 0.5
     v = torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1.5], [0, 0, -1]])

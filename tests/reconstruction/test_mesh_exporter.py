@@ -172,3 +172,36 @@ def test_uv_rasteriser_covers_and_interpolates():
     assert 0 < covered.sum() < size * size
     texture = np.where(covered[..., None], 1.0, 0.0)
     assert (fill_empty_texels(texture, covered) == 1.0).all()
+
+
+def test_decimation_uses_the_aggressiveness_and_falls_back_when_it_stops_short(monkeypatch, caplog):
+    """decimate_aggressiveness reaches fast-simplification (3 keeps a smooth refined mesh's shape better than
+    its default 7); a low value can stop short of the target, and then 7 is used."""
+    import logging
+
+    import fast_simplification
+
+    from threestudio.models.exporters.isosurface import decimate
+
+    axis = np.linspace(-1, 1, 64)
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    v, f = marching_cubes((np.sqrt(x ** 2 + y ** 2 + z ** 2) < 0.7).astype(np.float32) * 100, 50.0, 1.0)
+    calls = []
+    original = fast_simplification.simplify
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls.append((kwargs["agg"], len(out[1])))
+        return out
+
+    monkeypatch.setattr(fast_simplification, "simplify", recording)
+    dv, df = decimate(v, f, 8000, aggressiveness=3.0)  # a 2.3x reduction: reached with 3
+    assert [agg for agg, _ in calls] == [3.0] and len(df) <= 8000
+    calls.clear()
+    with caplog.at_level(logging.INFO, logger="threestudio"):
+        dv, df = decimate(v, f, 1000, aggressiveness=3.0)  # 18x: 3 stops at about 3k faces, 7 gets there
+    assert [agg for agg, _ in calls] == [3.0, 7.0] and calls[0][1] > 1100 and len(df) <= 1000
+    assert "stopped at" in caplog.text
+    assert np.abs(np.linalg.norm(dv, axis=-1) - 0.7).max() < 3 * 2 / 63  # still the sphere (in [-1, 1]^3)
+    with pytest.raises(Exception, match="system.exporter.decimate_aggressiveness"):
+        exporter(decimate_aggressiveness=11)

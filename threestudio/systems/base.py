@@ -13,6 +13,7 @@ from torch import Tensor
 from threestudio.systems.optim import parse_optimizer, parse_scheduler
 from threestudio.utils.base import Updateable
 from threestudio.utils.config import ConfigError, parse_structured
+from threestudio.utils.losses import LOSS_OPTIONS
 from threestudio.utils.misc import (
     NonFiniteError,
     cleanup,
@@ -59,8 +60,14 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         self.config_path = config_path
         self.nonfinite_skipped = 0
         for key, value in self.cfg.loss.items():
+            if key in LOSS_OPTIONS:
+                check, what = LOSS_OPTIONS[key]
+                if not check(value):
+                    raise ConfigError(f"{config_path}.loss.{key} must be {what}, got {value!r}.")
+                continue
             if not key.startswith("lambda_"):
-                raise ConfigError(f"{config_path}.loss.{key}: loss weights are named lambda_<term>.")
+                raise ConfigError(f"{config_path}.loss.{key}: loss weights are named lambda_<term> (other keys: "
+                                  f"{', '.join(LOSS_OPTIONS)}).")
             validate_schedule(value, f"{config_path}.loss.{key}")
         if self.cfg.on_nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"{config_path}.on_nonfinite must be one of {NONFINITE_POLICIES}, "

@@ -94,7 +94,7 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
         losses = {
             "rgb": photometric_loss(pred, tgt, self.cfg.rgb_loss, weight),
             "mask": mask_bce_loss(out["opacity"], mask),
-            **regularizer_losses(out, lambda name: self.loss_weight(name) != 0),
+            **regularizer_losses(out, lambda name: self.loss_weight(name) != 0, self.cfg.loss),
         }
         return losses
 

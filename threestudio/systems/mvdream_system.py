@@ -10,7 +10,7 @@ import threestudio
 from threestudio.systems.lift3d import BaseLift3DSystem
 from threestudio.utils.base import Updateable, build_module
 from threestudio.utils.config import ConfigError, parse_structured
-from threestudio.utils.losses import REGULARIZERS, regularizer_losses
+from threestudio.utils.losses import LOSS_OPTIONS, REGULARIZERS, regularizer_losses
 from threestudio.utils.misc import cleanup
 
 LOSS_TERMS = ("sds", *REGULARIZERS)
@@ -36,7 +36,7 @@ class MVDreamSystem(BaseLift3DSystem):
 
     def configure(self) -> None:
         super().configure()
-        unknown = [k for k in self.cfg.loss if k.removeprefix("lambda_") not in LOSS_TERMS]
+        unknown = [k for k in self.cfg.loss if k not in LOSS_OPTIONS and k.removeprefix("lambda_") not in LOSS_TERMS]
         if unknown:
             raise ConfigError(
                 f"system.loss: unknown term(s) {unknown}; mvdream-system has lambda_{', lambda_'.join(LOSS_TERMS)}."
@@ -87,5 +87,5 @@ class MVDreamSystem(BaseLift3DSystem):
         for name, value in guidance_out.items():
             if not name.startswith("loss_"):
                 self.log(f"train/{name}", value)
-        losses.update(regularizer_losses(out, lambda name: self.loss_weight(name) != 0))
+        losses.update(regularizer_losses(out, lambda name: self.loss_weight(name) != 0, self.cfg.loss))
         return self.combine_losses(losses)

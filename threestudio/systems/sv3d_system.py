@@ -109,7 +109,7 @@ class SV3DSystem(BaseLift3DSystem):
                 losses.update(self._photometric_losses(orbit_out, grad_frames, rgb.shape[0]))
             reg_out = orbit_out
 
-        losses.update(regularizer_losses(reg_out, lambda name: self.loss_weight(name) != 0))
+        losses.update(regularizer_losses(reg_out, lambda name: self.loss_weight(name) != 0, self.cfg.loss))
         return self.combine_losses(losses)
 
     def _ref_shading(self) -> Optional[str]:

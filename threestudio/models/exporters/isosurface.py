@@ -210,8 +210,15 @@ def remove_floaters(vertices: np.ndarray, faces: np.ndarray, min_fraction: float
     return np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.int64)
 
 
-def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[np.ndarray, np.ndarray]:
-    """Quadric-error decimation to about `target_faces` with fast-simplification; unchanged if it is missing."""
+def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int, aggressiveness: float = 7.0
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Quadric-error decimation to about `target_faces` with fast-simplification; unchanged if it is missing.
+
+    `aggressiveness` is fast-simplification's `agg` (0: collapses in the order of least error, slowest;
+    10: fastest). Measured on the bundled example, 20k faces, mean normal error to the true surface: a
+    smooth refined DMTet mesh (111k faces, 5.3 deg) keeps its shape better with 3 (5.4 deg) than with the
+    library's 7 (5.7 deg), while a marching-cubes mesh of a NeRF (120k faces) is better with 7 (16.8 vs
+    17.9 deg: its voxel steps are collapsed first). A low value can stop short of the target; 7 is used then."""
     if len(faces) <= target_faces:
         return vertices, faces
     try:
@@ -220,6 +227,14 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
         logger.warning("fast-simplification is not installed: mesh decimation skipped (%d faces). "
                        "`pip install fast-simplification` to enable it.", len(faces))
         return vertices, faces
-    v, f = fast_simplification.simplify(vertices.astype(np.float32), faces.astype(np.int32),
-                                        target_reduction=1.0 - target_faces / len(faces))
+
+    def run(agg: float) -> tuple[np.ndarray, np.ndarray]:
+        return fast_simplification.simplify(vertices.astype(np.float32), faces.astype(np.int32),
+                                            target_reduction=1.0 - target_faces / len(faces), agg=agg)
+
+    v, f = run(aggressiveness)
+    if len(f) > 1.1 * target_faces and aggressiveness < 7.0:
+        logger.info("decimation with aggressiveness %g stopped at %d faces (target %d): using 7",
+                    aggressiveness, len(f), target_faces)
+        v, f = run(7.0)
     return np.asarray(v, dtype=np.float32), np.asarray(f, dtype=np.int64)

@@ -63,6 +63,9 @@ class MeshExporter(BaseObject):
         floater_min_fraction: float = 0.05
         # quadric decimation to about this many faces (needs fast-simplification); null keeps all faces
         decimate_target_faces: Optional[int] = 20000
+        # fast-simplification's `agg` (0-10): 7 suits marching-cubes meshes, 3 smooth refined meshes (measured
+        # in isosurface.decimate)
+        decimate_aggressiveness: float = 7.0
         texture_size: int = 1024
         texture_padding: int = 2
         rasterizer: str = "auto"  # auto (nvdiffrast on CUDA when importable) | cpu | nvdiffrast
@@ -100,6 +103,9 @@ class MeshExporter(BaseObject):
         if c.decimate_target_faces is not None and c.decimate_target_faces <= 0:
             raise ConfigError("system.exporter.decimate_target_faces must be positive or null (no decimation), "
                               f"got {c.decimate_target_faces}.")
+        if not 0 <= c.decimate_aggressiveness <= 10:
+            raise ConfigError("system.exporter.decimate_aggressiveness must be in [0, 10], got "
+                              f"{c.decimate_aggressiveness}.")
         if not 0 <= c.floater_min_fraction < 1:
             raise ConfigError(f"system.exporter.floater_min_fraction must be in [0, 1), got {c.floater_min_fraction}.")
         if c.radius is not None and c.radius <= 0:
@@ -144,7 +150,7 @@ class MeshExporter(BaseObject):
         if self.cfg.remove_floaters:
             vertices, faces = remove_floaters(vertices, faces, self.cfg.floater_min_fraction)
         if self.cfg.decimate_target_faces:
-            vertices, faces = decimate(vertices, faces, self.cfg.decimate_target_faces)
+            vertices, faces = decimate(vertices, faces, self.cfg.decimate_target_faces, self.cfg.decimate_aggressiveness)
             if self.cfg.remove_floaters:  # decimation can leave a few detached slivers
                 vertices, faces = remove_floaters(vertices, faces, self.cfg.floater_min_fraction)
         if self.cfg.repair_manifold:
