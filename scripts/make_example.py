@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -44,20 +45,34 @@ def test_cameras(n: int, seed: int) -> list[tuple[float, float]]:
             for i in range(n)]
 
 
+def camera_c2w(elevation: float, azimuth: float, distance: float) -> np.ndarray:
+    """(4, 4) camera-to-world matrix of the orbit camera (degrees), by the project's camera maths."""
+    return orbit_c2w(*(torch.tensor([float(v)], dtype=torch.float64) for v in (elevation, azimuth, distance)))[0].numpy()
+
+
+def write_view(path: str, scene: Any, c2w: np.ndarray, size: int, fov: float, supersample: int) -> None:
+    """Render `scene` (anything with the Scene ray interface) from `c2w` to an RGBA PNG at `path`."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rgba = render(scene, c2w, size, fov, supersample)
+    Image.fromarray((rgba * 255 + 0.5).clip(0, 255).astype(np.uint8), "RGBA").save(path, optimize=True)
+
+
+def frame_entry(file_path: str, elevation: float, azimuth: float, c2w: np.ndarray) -> dict:
+    """One `frames[i]` item of a transforms file."""
+    return {"file_path": file_path, "elevation_deg": round(elevation, 4), "azimuth_deg": round(azimuth, 4),
+            "transform_matrix": np.round(c2w, 8).tolist()}
+
+
 def write_split(out: str, split: str, folder: str, scene: Scene, cams: list, size: int, fov: float,
                 distance: float, supersample: int, render_images: bool = True) -> list[dict]:
     frames = []
     os.makedirs(os.path.join(out, folder), exist_ok=True)
     for i, (elevation, azimuth) in enumerate(cams):
-        c2w = orbit_c2w(*(torch.tensor([float(v)], dtype=torch.float64) for v in (elevation, azimuth, distance)))
-        c2w = c2w[0].numpy()
+        c2w = camera_c2w(elevation, azimuth, distance)
         name = f"{folder}/r_{i:03d}.png"
         if render_images:
-            rgba = render(scene, c2w, size, fov, supersample)
-            Image.fromarray((rgba * 255 + 0.5).clip(0, 255).astype(np.uint8), "RGBA").save(
-                os.path.join(out, name), optimize=True)
-        frames.append({"file_path": f"./{name}", "elevation_deg": round(elevation, 4),
-                       "azimuth_deg": round(azimuth, 4), "transform_matrix": np.round(c2w, 8).tolist()})
+            write_view(os.path.join(out, name), scene, c2w, size, fov, supersample)
+        frames.append(frame_entry(f"./{name}", elevation, azimuth, c2w))
     return frames
 
 

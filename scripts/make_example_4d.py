@@ -21,17 +21,9 @@ import math
 import os
 import sys
 
-import numpy as np
-from PIL import Image
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import torch  # noqa: E402
-from make_example import test_cameras, train_cameras  # noqa: E402
+from make_example import camera_c2w, frame_entry, test_cameras, train_cameras, write_view  # noqa: E402
 from procedural_motion import MovingScene, example_moving_scene, random_moving_scene  # noqa: E402
-from procedural_scene import render  # noqa: E402
-
-from threestudio.utils.ops import orbit_c2w  # noqa: E402  (the project's one camera maths)
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "load", "example_4d")
 LAYOUTS = ("diffusion2", "per-frame")
@@ -49,8 +41,7 @@ def make_dataset_4d(out: str, scene: MovingScene, n_views: int = 12, n_holdout_v
         raise ValueError(f"layout must be one of {LAYOUTS}, got '{layout}'.")
     os.makedirs(out, exist_ok=True)
     cams = train_cameras(n_views) + (test_cameras(n_holdout_views, seed) if n_holdout_views else [])
-    c2ws = [orbit_c2w(*(torch.tensor([float(v)], dtype=torch.float64) for v in (e, a, distance)))[0].numpy()
-            for e, a in cams]
+    c2ws = [camera_c2w(e, a, distance) for e, a in cams]
     for f in range(n_frames):
         t = frame_time(f, n_frames)
         frame_scene = scene.at(t)
@@ -58,12 +49,8 @@ def make_dataset_4d(out: str, scene: MovingScene, n_views: int = 12, n_holdout_v
         entries = []
         for v, ((elevation, azimuth), c2w) in enumerate(zip(cams, c2ws)):
             name = f"view_{v:02d}/frame_{f:02d}.png" if layout == "diffusion2" else f"view_{v:02d}.png"
-            path = os.path.join(folder, name)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            rgba = render(frame_scene, c2w, size, fov_deg, supersample)
-            Image.fromarray((rgba * 255 + 0.5).clip(0, 255).astype(np.uint8), "RGBA").save(path, optimize=True)
-            entries.append({"file_path": name, "elevation_deg": round(elevation, 4), "azimuth_deg": round(azimuth, 4),
-                            "transform_matrix": np.round(c2w, 8).tolist()})
+            write_view(os.path.join(folder, name), frame_scene, c2w, size, fov_deg, supersample)
+            entries.append(frame_entry(name, elevation, azimuth, c2w))
         meta = {"camera_angle_x": math.radians(fov_deg), "time": t, "frame_index": f, "frames": entries}
         json_path = (os.path.join(out, f"transforms_frame_{f:02d}.json") if layout == "diffusion2"
                      else os.path.join(folder, "transforms.json"))
