@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,7 +82,9 @@ def run_reconstruction(orbit_dir: str, out_dir: str, launch: Optional[str] = Non
         tail = open(log_path).read()[-3000:]
         raise RuntimeError(f"the reconstruction failed (exit {result.returncode}); log {log_path}:\n{tail}")
     trial = os.path.join(out_dir, "hi3d", tag)
-    exports = sorted(glob.glob(os.path.join(trial, "save", "it*-export")), key=lambda p: int(p.rsplit("it", 1)[1].split("-")[0]))
+    # it<N>-export, or it<N>.<k>-export when a step was exported again (the earlier export is kept)
+    exports = sorted(glob.glob(os.path.join(trial, "save", "it*-export")),
+                     key=lambda p: [int(n) for n in re.findall(r"\d+", os.path.basename(p))])
     videos = sorted(glob.glob(os.path.join(trial, "save", "it*-test.mp4")))
     if not exports:
         raise RuntimeError(f"the reconstruction finished without an export folder in {trial}/save; log {log_path}")
