@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sv3d.tiny import write_tiny_checkpoint
+from sv3d.tiny import one_thread, write_tiny_checkpoint
 
 from diffusion2 import Diffusion2Config, Diffusion2Pipeline
 
@@ -12,11 +12,8 @@ VIEWS, FRAMES = 5, 4  # a 5-view x 4-frame matrix
 
 @pytest.fixture(autouse=True)
 def _single_thread():
-    """Tiny models: intra-op threads only cost synchronisation on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -1,23 +1,12 @@
-import contextlib
-
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+
+from sv3d.tiny import one_thread
 
 from hi3d import Hi3DPipeline
 from hi3d.testing import TINY_HEAD_CHANNELS as HEADS
 from hi3d.testing import write_aux_files, write_tiny_ckpt_dir
-
-
-@contextlib.contextmanager
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 @pytest.fixture(autouse=True)

@@ -7,11 +7,24 @@ the state dict of generative-models' DiffusionEngine built from a tiny config.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Tuple
+import contextlib
+from typing import Dict, Iterator, Iterable, Optional, Tuple
 
 import torch
 
 Shape = Tuple[int, ...]
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run tiny models on one intra-op thread: more threads only cost synchronisation, and stall badly on a busy
+    2-core machine (the tests' autouse fixtures and session-scoped checkpoint writers use this)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 _ADM = {"sv3d_u": 256, "sv3d_p": 1280, "svd": 768, "svd_xt": 768, "svd_image_decoder": 768, "svd_xt_image_decoder": 768}
 
 

@@ -1,25 +1,11 @@
-import contextlib
-
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from sv3d import SV3DPipeline
-from sv3d.tiny import write_tiny_checkpoint
+from sv3d.tiny import one_thread, write_tiny_checkpoint
 
 IMAGE = 64  # tiny input side (the models are trained at 576)
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Tiny models: intra-op threading only costs synchronisation (and stalls badly on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 @pytest.fixture(autouse=True)
