@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -86,8 +87,6 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((name, "coarse (MC)", c_step, c_psnr, c_chamfer, c_normal, c_faces, c_wall, c_cpu))
         print(f"done {rows[-1]}", flush=True)
         if args.reuse_coarse:  # a fresh refinement trial each time
-            import shutil
-
             shutil.rmtree(os.path.join(args.out, "reconstruction-refine", tag), ignore_errors=True)
         refined, r_wall, r_cpu = launch(REFINE, "reconstruction-refine", args.out, tag,
                                         [f"data.dataroot={data}",

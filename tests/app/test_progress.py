@@ -28,3 +28,17 @@ def test_write_read_and_update(tmp_path):
     state = read_progress(str(tmp_path))
     assert state["stage"] == "done" and state["step"] == 3 and "time" in state
     assert [f for f in os.listdir(tmp_path) if f.startswith(".progress-")] == []  # no temporary file left
+
+
+def test_outputs_written_again_under_a_kept_name_are_the_newest(tmp_path):
+    """A second test/export/validation of a step goes to it<N>.2-... (SaverMixin.output_path): those count,
+    and at the same step the newer file wins."""
+    save = tmp_path / "save"
+    for i, name in enumerate(("it10-0.png", "it10-test.mp4", "it10-export/model.glb",
+                              "it10.2-0.png", "it10.2-test.mp4", "it10.2-export/model.glb")):
+        touch(str(save / name))
+        os.utime(str(save / name), (1000 + i, 1000 + i))
+    out = latest_outputs(str(tmp_path))
+    assert os.path.basename(out["latest_image"]) == "it10.2-0.png"
+    assert out["video"].endswith("it10.2-test.mp4")
+    assert out["mesh"].endswith(os.path.join("it10.2-export", "model.glb"))

@@ -13,7 +13,7 @@ from torch import Tensor
 from threestudio.systems.optim import parse_optimizer, parse_scheduler
 from threestudio.utils.base import Updateable
 from threestudio.utils.config import ConfigError, parse_structured
-from threestudio.utils.losses import LOSS_OPTIONS
+from threestudio.utils.losses import LOSS_OPTIONS, regularizer_losses
 from threestudio.utils.misc import (
     NonFiniteError,
     cleanup,
@@ -94,6 +94,11 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
     def loss_weight(self, name: str) -> float:
         """Current weight of loss term `name` (0 when the config does not mention it)."""
         return float(C(self.cfg.loss.get(f"lambda_{name}", 0.0), self.true_current_epoch, self.true_global_step))
+
+    def regularizer_losses(self, out: dict[str, Any]) -> dict[str, Tensor]:
+        """The regularisers whose `lambda_<name>` is non-zero now, on renderer output `out`, with the term
+        settings of `system.loss` (losses.LOSS_OPTIONS)."""
+        return regularizer_losses(out, lambda name: self.loss_weight(name) != 0, self.cfg.loss)
 
     def combine_losses(self, losses: dict[str, Tensor], prefix: str = "train") -> Tensor:
         """Sum `lambda_<name> * loss` over the terms, logging each term and weight separately."""

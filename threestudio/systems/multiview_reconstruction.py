@@ -17,7 +17,7 @@ from threestudio.models.renderers.base import Rasterizer
 from threestudio.systems.lift3d import BaseLift3DSystem
 from threestudio.utils.batch import render_inputs
 from threestudio.utils.config import ConfigError
-from threestudio.utils.losses import PHOTOMETRIC_LOSSES, mask_bce_loss, photometric_loss, psnr, regularizer_losses
+from threestudio.utils.losses import PHOTOMETRIC_LOSSES, mask_bce_loss, photometric_loss, psnr
 
 
 
@@ -94,7 +94,7 @@ class MultiviewReconstructionSystem(BaseLift3DSystem):
         losses = {
             "rgb": photometric_loss(pred, tgt, self.cfg.rgb_loss, weight),
             "mask": mask_bce_loss(out["opacity"], mask),
-            **regularizer_losses(out, lambda name: self.loss_weight(name) != 0, self.cfg.loss),
+            **self.regularizer_losses(out),
         }
         return losses
 

@@ -10,7 +10,7 @@ import threestudio
 from threestudio.systems.lift3d import BaseLift3DSystem
 from threestudio.utils.base import Updateable, build_module
 from threestudio.utils.config import ConfigError, parse_structured
-from threestudio.utils.losses import LOSS_OPTIONS, REGULARIZERS, regularizer_losses
+from threestudio.utils.losses import LOSS_OPTIONS, REGULARIZERS
 from threestudio.utils.misc import cleanup
 
 LOSS_TERMS = ("sds", *REGULARIZERS)
@@ -87,5 +87,5 @@ class MVDreamSystem(BaseLift3DSystem):
         for name, value in guidance_out.items():
             if not name.startswith("loss_"):
                 self.log(f"train/{name}", value)
-        losses.update(regularizer_losses(out, lambda name: self.loss_weight(name) != 0, self.cfg.loss))
+        losses.update(self.regularizer_losses(out))
         return self.combine_losses(losses)

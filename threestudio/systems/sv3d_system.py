@@ -24,7 +24,6 @@ from threestudio.data.multiview_sources import mask_from_background, read_image
 from threestudio.systems.lift3d import BaseLift3DSystem
 from threestudio.utils.base import build_module
 from threestudio.utils.batch import CameraBatch, render_inputs
-from threestudio.utils.losses import regularizer_losses
 
 @threestudio.register("sv3d-system")
 class SV3DSystem(BaseLift3DSystem):
@@ -109,7 +108,7 @@ class SV3DSystem(BaseLift3DSystem):
                 losses.update(self._photometric_losses(orbit_out, grad_frames, rgb.shape[0]))
             reg_out = orbit_out
 
-        losses.update(regularizer_losses(reg_out, lambda name: self.loss_weight(name) != 0, self.cfg.loss))
+        losses.update(self.regularizer_losses(reg_out))
         return self.combine_losses(losses)
 
     def _ref_shading(self) -> Optional[str]:

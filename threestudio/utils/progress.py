@@ -24,7 +24,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 
 PROGRESS_FILE = "progress.json"
-_VALIDATION_IMAGE = re.compile(r"^it(\d+)-(\d+)\.png$")
+_VALIDATION_IMAGE = re.compile(r"^it(\d+)(?:\.\d+)?-(\d+)\.png$")  # it<N>.<k>-: SaverMixin.output_path
 
 
 def _step_of(path: str) -> int:

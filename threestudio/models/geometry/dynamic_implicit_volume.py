@@ -164,7 +164,8 @@ class DynamicImplicitVolume(ImplicitVolume):
             enc = torch.cat([self.deformation_pos_encoding(x), self.deformation_time_encoding(t)], dim=-1)
             raw = self.deformation_network(enc)
         else:
-            coefficients = self.deformation_network(self.deformation_pos_encoding(x)).view(-1, 3, 2 * self.cfg.trajectory_frequencies)
+            coefficients = self.deformation_network(self.deformation_pos_encoding(x))
+            coefficients = coefficients.view(-1, 3, 2 * self.cfg.trajectory_frequencies)
             raw = (coefficients * self.time_basis(t).unsqueeze(1)).sum(-1)
         s = self.cfg.deformation_scale
         return (s * torch.tanh(raw / s)).view(*points.shape[:-1], 3)

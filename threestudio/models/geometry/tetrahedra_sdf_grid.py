@@ -1,10 +1,11 @@
 """`tetrahedra-sdf-grid` (DMTet): an SDF and per-vertex deformations on a tetrahedral lattice, a mesh by
 differentiable marching tetrahedra, and a hash-grid texture field for its colour.
 
-Refinement stage after a coarse NeRF: `create_from(implicit geometry)` puts the lattice around the coarse
-surface (its marching-cubes box plus a margin) and initialises the SDF with signed distances to that
-surface (sign from the coarse field at `isosurface_threshold`), so the surface starts within one lattice
-cell of the NeRF's; with `copy_net` the texture encoding and feature network are copied.
+Refinement stage after a coarse NeRF: `create_from(implicit geometry)` takes the coarse surface cleaned like
+an export (`coarse_surface`: cavities filled, floaters removed), puts the lattice around it (its box plus a
+margin) and initialises the SDF with signed distances to it (sign from the same cleaned inside mask,
+`lattice_inside`), so the surface starts within one lattice cell of the NeRF's; with `copy_net` the texture
+encoding and feature network are copied.
 """
 from __future__ import annotations
 
@@ -238,8 +239,8 @@ class TetrahedraSDFGrid(BaseGeometry):
         if free_level is not None and not isinstance(level, str) and free_level >= float(level):
             raise ConfigError(f"{where}.convert_free_level ({free_level}) must be below the coarse geometry's "
                               f"isosurface_threshold ({level}).")
-        coarse_vertices, coarse_faces, threshold = coarse_surface(
-            other, 2 * instance.cfg.isosurface_resolution, instance.cfg.convert_free_level)
+        coarse_vertices, coarse_faces, threshold = coarse_surface(other, 2 * instance.cfg.isosurface_resolution,
+                                                                  free_level)
         vmin, vmax = coarse_vertices.min(0), coarse_vertices.max(0)
         margin = (vmax - vmin) * instance.cfg.isosurface_bbox_margin
         box = torch.from_numpy(np.stack([vmin - margin, vmax + margin])).to(instance.isosurface_bbox)
@@ -251,7 +252,7 @@ class TetrahedraSDFGrid(BaseGeometry):
         instance.isosurface_bbox.copy_(box)
         grid = instance.grid_vertices()
         field = torch.cat([other.forward_field(p)[0].reshape(-1) for p in grid.split(1 << 18)])
-        inside = lattice_inside(field.cpu().numpy(), cells + 1, threshold, instance.cfg.convert_free_level)
+        inside = lattice_inside(field.cpu().numpy(), cells + 1, threshold, free_level)
         # signed distance to the cleaned coarse surface (sampled densely), sign from the cleaned inside mask
         import trimesh
 
